@@ -1,0 +1,629 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Wire format of the backend channel: header, request codes of both dialects, payload structs,
+//! and a pure decoder.
+//!
+//! The decoder does no I/O and never panics: [`Header::parse`] takes the 12 header bytes,
+//! [`decode_body`] takes the header, the body bytes and the number of file descriptors that came
+//! with the message, and returns a typed [`Request`] or a typed [`DecodeError`]. The socket loop in
+//! [`crate::channel`] only moves bytes and descriptors. [`decode_message`] chains both steps for
+//! a contiguous buffer, which is what the fuzz target feeds.
+//!
+//! Only the shape of a message is checked here (sizes, flags, descriptor counts, arithmetic
+//! overflow). Whether a range fits the window, is aligned, or clashes with a live mapping is the
+//! window's business ([`crate::window`]), because only the window knows its size and its table.
+
+use std::mem::size_of;
+
+use vm_memory::ByteValued;
+
+/// Size of the message header on the wire.
+pub const HEADER_SIZE: usize = 12;
+/// Largest body the channel accepts. Bodies announced as larger are drained and refused.
+pub const MAX_BODY_SIZE: usize = 4096;
+/// Header flag bits that carry the protocol version.
+pub const VERSION_MASK: u32 = 0x3;
+/// The only protocol version.
+pub const VERSION: u32 = 0x1;
+/// Header flag: this message is a reply.
+pub const FLAG_REPLY: u32 = 0x4;
+/// Header flag: the sender waits for a reply.
+pub const FLAG_NEED_REPLY: u32 = 0x8;
+/// Number of entries in a legacy [`FsBackendMsg`].
+pub const FS_BACKEND_ENTRIES: usize = 8;
+/// Legacy flag: map or transfer readable.
+pub const FS_FLAG_MAP_R: u64 = 0x1;
+/// Legacy flag: map writable; for FS_IO, write the file from guest memory.
+pub const FS_FLAG_MAP_W: u64 = 0x2;
+/// Standard flag: the mapping is writable (read-only when clear).
+pub const MMAP_FLAG_WRITABLE: u64 = 0x1;
+/// Maximum number of file descriptors one message may carry on Linux (`SCM_MAX_FD`).
+pub const MAX_FDS: usize = 253;
+
+/// Backend-to-frontend request codes of the standard vhost-user dialect.
+pub mod standard {
+    /// IOTLB miss or access failure (not supported here).
+    pub const IOTLB_MSG: u32 = 1;
+    /// Device configuration changed (not supported here).
+    pub const CONFIG_CHANGE_MSG: u32 = 2;
+    /// Vring host notifier (not supported here).
+    pub const VRING_HOST_NOTIFIER_MSG: u32 = 3;
+    /// Vring call (not supported here).
+    pub const VRING_CALL: u32 = 4;
+    /// Vring error (not supported here).
+    pub const VRING_ERR: u32 = 5;
+    /// Shared object add (not supported here).
+    pub const SHARED_OBJECT_ADD: u32 = 6;
+    /// Shared object remove (not supported here).
+    pub const SHARED_OBJECT_REMOVE: u32 = 7;
+    /// Shared object lookup (not supported here).
+    pub const SHARED_OBJECT_LOOKUP: u32 = 8;
+    /// Map a file range into a shared memory region.
+    pub const SHMEM_MAP: u32 = 9;
+    /// Unmap a range of a shared memory region.
+    pub const SHMEM_UNMAP: u32 = 10;
+    /// Read guest memory (proposed, feature `mem-rw`).
+    pub const MEM_READ: u32 = 11;
+    /// Write guest memory (proposed, feature `mem-rw`).
+    pub const MEM_WRITE: u32 = 12;
+}
+
+/// Backend-to-frontend request codes of the legacy virtio-fs DAX dialect.
+pub mod legacy {
+    /// Map up to eight file ranges into the DAX window.
+    pub const FS_MAP: u32 = 6;
+    /// Unmap up to eight ranges of the DAX window.
+    pub const FS_UNMAP: u32 = 7;
+    /// `msync` up to eight ranges of the DAX window.
+    pub const FS_SYNC: u32 = 8;
+    /// Read or write a file from or to guest physical addresses.
+    pub const FS_IO: u32 = 9;
+}
+
+/// Which set of request codes the channel speaks. The codes of the two dialects clash (9 is
+/// SHMEM_MAP in one and FS_IO in the other), so the dialect is fixed per channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// SHMEM_MAP / SHMEM_UNMAP (protocol feature SHMEM, bit 22), one mapping per message.
+    #[default]
+    Standard,
+    /// FS_MAP / FS_UNMAP / FS_SYNC / FS_IO with eight entries per message.
+    Legacy,
+}
+
+/// The message header, as it is on the wire (little endian, packed).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawHeader {
+    /// Request code.
+    pub request: u32,
+    /// Version and flag bits.
+    pub flags: u32,
+    /// Size of the body that follows.
+    pub size: u32,
+}
+
+// SAFETY: RawHeader is packed plain old data: every byte pattern is a valid value.
+unsafe impl ByteValued for RawHeader {}
+
+/// Standard SHMEM_MAP / SHMEM_UNMAP payload (`VhostUserMMap`, 40 bytes, packed).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VhostUserMMap {
+    /// Shared memory region id (0 for the virtio-fs cache window).
+    pub shmid: u8,
+    /// Padding, ignored.
+    pub padding: [u8; 7],
+    /// Offset in the file.
+    pub fd_offset: u64,
+    /// Offset in the shared memory region.
+    pub shm_offset: u64,
+    /// Length of the range.
+    pub len: u64,
+    /// [`MMAP_FLAG_WRITABLE`] or 0.
+    pub flags: u64,
+}
+
+// SAFETY: VhostUserMMap is packed plain old data: every byte pattern is a valid value.
+unsafe impl ByteValued for VhostUserMMap {}
+
+/// Legacy FS_MAP / FS_UNMAP / FS_SYNC / FS_IO payload (`VhostUserFSBackendMsg`, 256 bytes).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsBackendMsg {
+    /// File offsets.
+    pub fd_offset: [u64; FS_BACKEND_ENTRIES],
+    /// Window offsets (FS_MAP, FS_UNMAP, FS_SYNC) or guest physical addresses (FS_IO).
+    pub cache_offset: [u64; FS_BACKEND_ENTRIES],
+    /// Lengths; entries with length 0 are skipped.
+    pub len: [u64; FS_BACKEND_ENTRIES],
+    /// [`FS_FLAG_MAP_R`] and [`FS_FLAG_MAP_W`].
+    pub flags: [u64; FS_BACKEND_ENTRIES],
+}
+
+// SAFETY: FsBackendMsg is packed plain old data: every byte pattern is a valid value.
+unsafe impl ByteValued for FsBackendMsg {}
+
+/// Fixed part of the proposed MEM_READ / MEM_WRITE payload (`VhostUserMemRWMsg`).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemRwHeader {
+    /// Guest physical address.
+    pub guest_address: u64,
+    /// Number of bytes; MEM_WRITE carries them after this header.
+    pub size: u32,
+}
+
+// SAFETY: MemRwHeader is packed plain old data: every byte pattern is a valid value.
+unsafe impl ByteValued for MemRwHeader {}
+
+/// A validated header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Request code (meaning depends on the dialect).
+    pub request: u32,
+    /// The sender waits for a reply.
+    pub need_reply: bool,
+    /// Body size announced by the header.
+    pub size: u32,
+}
+
+/// Access a mapping grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// `PROT_READ`.
+    ReadOnly,
+    /// `PROT_READ | PROT_WRITE`.
+    ReadWrite,
+}
+
+/// One range to map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    /// Offset in the window.
+    pub offset: u64,
+    /// Offset in the file.
+    pub fd_offset: u64,
+    /// Length.
+    pub len: u64,
+    /// Protection.
+    pub access: Access,
+}
+
+/// One window range (unmap, sync).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    /// Offset in the window.
+    pub offset: u64,
+    /// Length.
+    pub len: u64,
+}
+
+/// Direction of an IO transfer, seen from the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDirection {
+    /// pread: file to guest memory.
+    ReadFile,
+    /// pwrite: guest memory to file.
+    WriteFile,
+}
+
+/// One legacy FS_IO transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoEntry {
+    /// Guest physical address.
+    pub gpa: u64,
+    /// Offset in the file.
+    pub fd_offset: u64,
+    /// Length.
+    pub len: u64,
+    /// Direction.
+    pub direction: IoDirection,
+}
+
+/// Up to eight entries, the ones with length 0 left out.
+pub type Entries<T> = Vec<T>;
+
+/// A decoded request. The file descriptors are not part of it: the socket loop owns them and
+/// hands them to the window next to the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Standard SHMEM_MAP of one range of region `shmid`.
+    ShmemMap {
+        /// Shared memory region id.
+        shmid: u8,
+        /// The range.
+        entry: MapEntry,
+    },
+    /// Standard SHMEM_UNMAP of one range of region `shmid`.
+    ShmemUnmap {
+        /// Shared memory region id.
+        shmid: u8,
+        /// The range.
+        range: Range,
+    },
+    /// Legacy FS_MAP of up to eight ranges.
+    FsMap(Entries<MapEntry>),
+    /// Legacy FS_UNMAP of up to eight ranges.
+    FsUnmap(Entries<Range>),
+    /// Legacy FS_UNMAP of the whole window (`len == u64::MAX`).
+    FsUnmapAll,
+    /// Legacy FS_SYNC of up to eight ranges.
+    FsSync(Entries<Range>),
+    /// Legacy FS_IO of up to eight transfers.
+    FsIo(Entries<IoEntry>),
+    /// Proposed MEM_READ: read `size` bytes of guest memory at `gpa`.
+    MemRead {
+        /// Guest physical address.
+        gpa: u64,
+        /// Number of bytes.
+        size: u32,
+    },
+    /// Proposed MEM_WRITE: write `data` to guest memory at `gpa`.
+    MemWrite {
+        /// Guest physical address.
+        gpa: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+}
+
+impl Request {
+    /// Number of file descriptors this request needs.
+    pub fn fds_needed(&self) -> usize {
+        match self {
+            Request::ShmemMap { .. } | Request::FsMap(_) | Request::FsIo(_) => 1,
+            Request::ShmemUnmap { .. }
+            | Request::FsUnmap(_)
+            | Request::FsUnmapAll
+            | Request::FsSync(_)
+            | Request::MemRead { .. }
+            | Request::MemWrite { .. } => 0,
+        }
+    }
+}
+
+/// Why a message was refused by the decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The version bits of the header are not 1.
+    #[error("unsupported protocol version in header flags {flags:#x}")]
+    BadVersion {
+        /// The header flags.
+        flags: u32,
+    },
+    /// A request carries the REPLY flag.
+    #[error("request carries the REPLY flag (flags {flags:#x})")]
+    ReplyFlag {
+        /// The header flags.
+        flags: u32,
+    },
+    /// The header has flag bits this protocol does not define.
+    #[error("unknown header flag bits {flags:#x}")]
+    UnknownHeaderFlags {
+        /// The header flags.
+        flags: u32,
+    },
+    /// The body is larger than [`MAX_BODY_SIZE`].
+    #[error("body of {size} bytes exceeds the limit of {MAX_BODY_SIZE}")]
+    Oversized {
+        /// The announced size.
+        size: u32,
+    },
+    /// The body size does not match what the request code requires.
+    #[error("request {request}: body of {size} bytes, expected {expected}")]
+    BadSize {
+        /// Request code.
+        request: u32,
+        /// Announced size.
+        size: u32,
+        /// Required size.
+        expected: usize,
+    },
+    /// The request code is unknown or not supported in this dialect.
+    #[error("request code {request} is not supported in the {dialect:?} dialect")]
+    Unsupported {
+        /// Request code.
+        request: u32,
+        /// Dialect in force.
+        dialect: Dialect,
+    },
+    /// The message came with the wrong number of file descriptors.
+    #[error("request {request}: {got} file descriptors, expected {expected}")]
+    BadFdCount {
+        /// Request code.
+        request: u32,
+        /// Descriptors received.
+        got: usize,
+        /// Descriptors required.
+        expected: usize,
+    },
+    /// A standard request has length 0.
+    #[error("zero length")]
+    ZeroLength,
+    /// `offset + len` or `fd_offset + len` overflows.
+    #[error("offset {offset:#x} + length {len:#x} overflows")]
+    Overflow {
+        /// The offset.
+        offset: u64,
+        /// The length.
+        len: u64,
+    },
+    /// Flags with bits this request does not define, or a map without read access.
+    #[error("unknown or invalid flags {flags:#x}")]
+    BadFlags {
+        /// The flags.
+        flags: u64,
+    },
+}
+
+fn read_obj<T: ByteValued>(bytes: &[u8]) -> Option<T> {
+    T::from_slice(bytes.get(..size_of::<T>())?).copied()
+}
+
+impl Header {
+    /// Validates the 12 header bytes: version 1, no REPLY flag, no unknown flag bits, body no
+    /// larger than [`MAX_BODY_SIZE`]. On [`DecodeError::Oversized`] the caller still knows the
+    /// size from the raw header and can drain the body.
+    pub fn parse(raw: &RawHeader) -> Result<Header, DecodeError> {
+        let flags = raw.flags;
+        if flags & VERSION_MASK != VERSION {
+            return Err(DecodeError::BadVersion { flags });
+        }
+        if flags & FLAG_REPLY != 0 {
+            return Err(DecodeError::ReplyFlag { flags });
+        }
+        if flags & !(VERSION_MASK | FLAG_NEED_REPLY) != 0 {
+            return Err(DecodeError::UnknownHeaderFlags { flags });
+        }
+        let size = raw.size;
+        if size as usize > MAX_BODY_SIZE {
+            return Err(DecodeError::Oversized { size });
+        }
+        Ok(Header {
+            request: raw.request,
+            need_reply: flags & FLAG_NEED_REPLY != 0,
+            size,
+        })
+    }
+}
+
+fn expect_size(header: &Header, body: &[u8], expected: usize) -> Result<(), DecodeError> {
+    if header.size as usize != expected || body.len() != expected {
+        return Err(DecodeError::BadSize {
+            request: header.request,
+            size: header.size,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+fn expect_fds(header: &Header, got: usize, expected: usize) -> Result<(), DecodeError> {
+    if got != expected {
+        return Err(DecodeError::BadFdCount {
+            request: header.request,
+            got,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+fn check_end(offset: u64, len: u64) -> Result<(), DecodeError> {
+    offset
+        .checked_add(len)
+        .map(|_| ())
+        .ok_or(DecodeError::Overflow { offset, len })
+}
+
+fn map_access_legacy(flags: u64) -> Result<Access, DecodeError> {
+    match flags {
+        FS_FLAG_MAP_R => Ok(Access::ReadOnly),
+        f if f == FS_FLAG_MAP_R | FS_FLAG_MAP_W => Ok(Access::ReadWrite),
+        flags => Err(DecodeError::BadFlags { flags }),
+    }
+}
+
+/// Decodes a body. `body` must hold exactly the bytes the header announced (the socket loop reads
+/// them all, also for a message it goes on to refuse). `nfds` is the number of file descriptors
+/// that came with the message.
+///
+/// Checks, in order: body size for the code, descriptor count, zero length (standard), flags,
+/// `checked_add` of both ends.
+pub fn decode_body(
+    dialect: Dialect,
+    header: &Header,
+    body: &[u8],
+    nfds: usize,
+) -> Result<Request, DecodeError> {
+    let unsupported = DecodeError::Unsupported {
+        request: header.request,
+        dialect,
+    };
+    match dialect {
+        Dialect::Standard => match header.request {
+            standard::SHMEM_MAP | standard::SHMEM_UNMAP => decode_shmem(header, body, nfds),
+            #[cfg(feature = "mem-rw")]
+            standard::MEM_READ | standard::MEM_WRITE => decode_mem_rw(header, body, nfds),
+            _ => Err(unsupported),
+        },
+        Dialect::Legacy => match header.request {
+            legacy::FS_MAP | legacy::FS_UNMAP | legacy::FS_SYNC | legacy::FS_IO => {
+                decode_fs(header, body, nfds)
+            }
+            _ => Err(unsupported),
+        },
+    }
+}
+
+fn decode_shmem(header: &Header, body: &[u8], nfds: usize) -> Result<Request, DecodeError> {
+    let map = header.request == standard::SHMEM_MAP;
+    expect_size(header, body, size_of::<VhostUserMMap>())?;
+    expect_fds(header, nfds, usize::from(map))?;
+    let msg: VhostUserMMap = read_obj(body).ok_or(DecodeError::BadSize {
+        request: header.request,
+        size: header.size,
+        expected: size_of::<VhostUserMMap>(),
+    })?;
+    let (len, flags, offset, fd_offset, shmid) =
+        (msg.len, msg.flags, msg.shm_offset, msg.fd_offset, msg.shmid);
+    if len == 0 {
+        return Err(DecodeError::ZeroLength);
+    }
+    let access = match flags {
+        0 => Access::ReadOnly,
+        MMAP_FLAG_WRITABLE => Access::ReadWrite,
+        flags => return Err(DecodeError::BadFlags { flags }),
+    };
+    check_end(offset, len)?;
+    if !map {
+        return Ok(Request::ShmemUnmap {
+            shmid,
+            range: Range { offset, len },
+        });
+    }
+    check_end(fd_offset, len)?;
+    Ok(Request::ShmemMap {
+        shmid,
+        entry: MapEntry {
+            offset,
+            fd_offset,
+            len,
+            access,
+        },
+    })
+}
+
+fn decode_fs(header: &Header, body: &[u8], nfds: usize) -> Result<Request, DecodeError> {
+    expect_size(header, body, size_of::<FsBackendMsg>())?;
+    let fds = match header.request {
+        legacy::FS_MAP | legacy::FS_IO => 1,
+        _ => 0,
+    };
+    expect_fds(header, nfds, fds)?;
+    let msg: FsBackendMsg = read_obj(body).ok_or(DecodeError::BadSize {
+        request: header.request,
+        size: header.size,
+        expected: size_of::<FsBackendMsg>(),
+    })?;
+    let (fd_offsets, offsets, lens, flags) = (msg.fd_offset, msg.cache_offset, msg.len, msg.flags);
+    let live = (0..FS_BACKEND_ENTRIES).filter(|&i| lens[i] != 0);
+    match header.request {
+        legacy::FS_MAP => live
+            .map(|i| {
+                let access = map_access_legacy(flags[i])?;
+                check_end(offsets[i], lens[i])?;
+                check_end(fd_offsets[i], lens[i])?;
+                Ok(MapEntry {
+                    offset: offsets[i],
+                    fd_offset: fd_offsets[i],
+                    len: lens[i],
+                    access,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Request::FsMap),
+        legacy::FS_UNMAP => {
+            if lens.contains(&u64::MAX) {
+                return Ok(Request::FsUnmapAll);
+            }
+            live.map(|i| range(offsets[i], lens[i]))
+                .collect::<Result<_, _>>()
+                .map(Request::FsUnmap)
+        }
+        legacy::FS_SYNC => live
+            .map(|i| range(offsets[i], lens[i]))
+            .collect::<Result<_, _>>()
+            .map(Request::FsSync),
+        _ => live
+            .map(|i| {
+                let direction = match flags[i] {
+                    0 | FS_FLAG_MAP_R => IoDirection::ReadFile,
+                    FS_FLAG_MAP_W => IoDirection::WriteFile,
+                    f if f == FS_FLAG_MAP_R | FS_FLAG_MAP_W => IoDirection::WriteFile,
+                    flags => return Err(DecodeError::BadFlags { flags }),
+                };
+                check_end(offsets[i], lens[i])?;
+                check_end(fd_offsets[i], lens[i])?;
+                Ok(IoEntry {
+                    gpa: offsets[i],
+                    fd_offset: fd_offsets[i],
+                    len: lens[i],
+                    direction,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Request::FsIo),
+    }
+}
+
+fn range(offset: u64, len: u64) -> Result<Range, DecodeError> {
+    check_end(offset, len)?;
+    Ok(Range { offset, len })
+}
+
+#[cfg(feature = "mem-rw")]
+fn decode_mem_rw(header: &Header, body: &[u8], nfds: usize) -> Result<Request, DecodeError> {
+    let fixed = size_of::<MemRwHeader>();
+    let bad_size = |expected| DecodeError::BadSize {
+        request: header.request,
+        size: header.size,
+        expected,
+    };
+    let rw: MemRwHeader = read_obj(body).ok_or(bad_size(fixed))?;
+    let (gpa, size) = (rw.guest_address, rw.size);
+    let write = header.request == standard::MEM_WRITE;
+    // MAX_BODY_SIZE bounds `size` for MEM_WRITE through the header size; MEM_READ is bounded the
+    // same way so that its reply fits a message too.
+    let limit = MAX_BODY_SIZE - fixed;
+    if size as usize > limit {
+        return Err(bad_size(fixed + limit));
+    }
+    let expected = if write { fixed + size as usize } else { fixed };
+    expect_size(header, body, expected)?;
+    expect_fds(header, nfds, 0)?;
+    if size == 0 {
+        return Err(DecodeError::ZeroLength);
+    }
+    check_end(gpa, u64::from(size))?;
+    if write {
+        Ok(Request::MemWrite {
+            gpa,
+            data: body[fixed..].to_vec(),
+        })
+    } else {
+        Ok(Request::MemRead { gpa, size })
+    }
+}
+
+/// Decodes a whole message held in one buffer: header, then exactly `header.size` body bytes.
+/// Trailing bytes make the message invalid. This is the decoder's fuzzing entry point.
+pub fn decode_message(dialect: Dialect, bytes: &[u8], nfds: usize) -> Result<Request, DecodeError> {
+    let raw: RawHeader = read_obj(bytes).ok_or(DecodeError::BadSize {
+        request: 0,
+        size: bytes.len() as u32,
+        expected: HEADER_SIZE,
+    })?;
+    let header = Header::parse(&raw)?;
+    decode_body(dialect, &header, &bytes[HEADER_SIZE..], nfds)
+}
+
+/// Encodes a reply: header (version 1, REPLY) echoing `request`, then the `u64` payload.
+pub fn encode_reply(request: u32, value: u64) -> Vec<u8> {
+    encode_reply_with(request, &value.to_le_bytes())
+}
+
+/// Encodes a reply with an arbitrary payload (MEM_READ returns the bytes it read).
+pub fn encode_reply_with(request: u32, payload: &[u8]) -> Vec<u8> {
+    let header = RawHeader {
+        request,
+        flags: VERSION | FLAG_REPLY,
+        size: payload.len() as u32,
+    };
+    let mut out = Vec::with_capacity(HEADER_SIZE + payload.len());
+    out.extend_from_slice(header.as_slice());
+    out.extend_from_slice(payload);
+    out
+}

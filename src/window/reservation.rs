@@ -1,0 +1,185 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The address-space reservation behind a DAX window: the only place that calls `mmap`,
+//! `munmap` and `msync`.
+//!
+//! Every method re-checks that its range lies inside the reservation before the syscall, so no
+//! caller can make `MAP_FIXED` land outside it, whatever the caller validated or forgot to.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::null_mut;
+
+use crate::protocol::Access;
+
+/// Alignment of the window's host address: guest huge pages need host and guest addresses to be
+/// congruent modulo 2 MiB.
+pub(crate) const HOST_ALIGN: usize = 2 << 20;
+
+/// A `PROT_NONE` anonymous reservation. Sub-ranges are replaced with file mappings and put back to
+/// `PROT_NONE`, never unmapped, so the range never has a hole that an unrelated `mmap` could fill.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    addr: usize,
+    size: usize,
+}
+
+// SAFETY: a Reservation is an address range; all access goes through syscalls that the kernel
+// serialises, and the struct holds no reference into the range.
+unsafe impl Send for Reservation {}
+// SAFETY: as for Send: &Reservation only issues syscalls over the range.
+unsafe impl Sync for Reservation {}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl Reservation {
+    /// Reserves `size` bytes (non-zero, a multiple of the page size) aligned to [`HOST_ALIGN`].
+    pub fn new(size: usize) -> io::Result<Self> {
+        let total = size
+            .checked_add(HOST_ALIGN)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // SAFETY: a fresh mapping at an address the kernel chooses (no MAP_FIXED): nothing that
+        // exists is replaced. The result is checked against MAP_FAILED below.
+        let raw = unsafe {
+            libc::mmap(
+                null_mut(),
+                total,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let start = raw as usize;
+        let addr = start.next_multiple_of(HOST_ALIGN);
+        let head = addr - start;
+        let tail = total - head - size;
+        // SAFETY: [start, start + head) and [addr + size, start + total) are the parts of the
+        // mapping made just above that lie outside the aligned window; nobody else knows of them.
+        unsafe {
+            if head > 0 {
+                check(libc::munmap(start as *mut libc::c_void, head))?;
+            }
+            if tail > 0 {
+                check(libc::munmap((addr + size) as *mut libc::c_void, tail))?;
+            }
+        }
+        Ok(Reservation { addr, size })
+    }
+
+    /// Host address of the first byte.
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// Returns `addr + offset` when `[offset, offset + len)` lies inside the reservation.
+    fn inside(&self, offset: usize, len: usize) -> io::Result<*mut libc::c_void> {
+        match offset.checked_add(len) {
+            Some(end) if len > 0 && end <= self.size => Ok((self.addr + offset) as *mut _),
+            _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+
+    /// Maps `len` bytes of `fd` at `fd_offset` over `[offset, offset + len)`, shared.
+    pub fn map_fd(
+        &self,
+        offset: usize,
+        len: usize,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        access: Access,
+    ) -> io::Result<()> {
+        let at = self.inside(offset, len)?;
+        let prot = match access {
+            Access::ReadOnly => libc::PROT_READ,
+            Access::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+        };
+        let fd_offset = libc::off_t::try_from(fd_offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        // SAFETY: `inside` just checked that [at, at + len) lies within this reservation, which
+        // this struct owns; MAP_FIXED replaces only pages of it. No Rust reference points into the
+        // reservation, so replacing its pages invalidates nothing.
+        let ret = unsafe {
+            libc::mmap(
+                at,
+                len,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                fd_offset,
+            )
+        };
+        if ret == libc::MAP_FAILED {
+            let err = io::Error::last_os_error();
+            // A failed MAP_FIXED may already have dropped the old pages: put the reservation
+            // back so the range never becomes a hole.
+            let _ = self.clear(offset, len);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Puts `[offset, offset + len)` back to the `PROT_NONE` reservation.
+    pub fn clear(&self, offset: usize, len: usize) -> io::Result<()> {
+        let at = self.inside(offset, len)?;
+        // SAFETY: `inside` just checked that [at, at + len) lies within this reservation;
+        // MAP_FIXED replaces only pages of it with fresh PROT_NONE anonymous memory.
+        let ret = unsafe {
+            libc::mmap(
+                at,
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if ret == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// `msync(MS_SYNC)` of `[offset, offset + len)`.
+    pub fn sync(&self, offset: usize, len: usize) -> io::Result<()> {
+        let at = self.inside(offset, len)?;
+        // SAFETY: `inside` just checked the range lies within this reservation; msync does not
+        // change the mapping.
+        check(unsafe { libc::msync(at, len, libc::MS_SYNC) })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: the reservation was mapped by `new` and is unmapped exactly once, here. The VMM
+        // has removed the memory slot before dropping the window (documented on DaxWindow).
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_and_bounds_checked() {
+        let r = Reservation::new(4 << 20).unwrap();
+        assert_eq!(r.addr() % HOST_ALIGN, 0);
+        assert_eq!(r.clear(0, 4 << 20).map_err(|e| e.raw_os_error()), Ok(()));
+        let err = |res: io::Result<()>| res.unwrap_err().raw_os_error();
+        assert_eq!(err(r.clear(4 << 20, 4096)), Some(libc::EINVAL));
+        assert_eq!(err(r.clear(usize::MAX - 4095, 4096)), Some(libc::EINVAL));
+        assert_eq!(err(r.sync(0, 0)), Some(libc::EINVAL));
+        assert!(r.sync(0, 4096).is_ok());
+    }
+}
