@@ -1,0 +1,254 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Helpers shared by the integration tests: real memfds, /proc/self/maps and /proc/self/fd
+//! readers, a raw peer that writes arbitrary messages, and a harness around a served channel.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use virtio_fs_dax::channel::ChannelThread;
+use virtio_fs_dax::protocol::{RawHeader, FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, VERSION};
+use virtio_fs_dax::{BackendChannel, DaxWindow, Dialect, IoSpace};
+
+pub const MIB: u64 = 1 << 20;
+pub const PAGE: u64 = 4096;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// Tests that count descriptors or read /proc/self/maps take this lock: the tests of one binary
+/// share a process.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A memfd of `len` bytes, filled with `fill(page index)` per page, with a unique name.
+pub fn memfd(len: u64, fill: impl Fn(u64) -> u8) -> (File, String) {
+    let name = format!(
+        "vfd-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let cname = std::ffi::CString::new(name.clone()).unwrap();
+    // SAFETY: memfd_create reads a valid NUL-terminated string and returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    let mut buf = Vec::with_capacity(len as usize);
+    for page in 0..len.div_ceil(PAGE) {
+        let n = PAGE.min(len - page * PAGE) as usize;
+        buf.extend(std::iter::repeat_n(fill(page), n));
+    }
+    file.write_all(&buf).unwrap();
+    (file, name)
+}
+
+/// One line of /proc/self/maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapsLine {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub path: String,
+}
+
+pub fn maps() -> Vec<MapsLine> {
+    let mut s = String::new();
+    File::open("/proc/self/maps")
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    s.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let range = it.next()?;
+            let perms = it.next()?.to_string();
+            let path = it.nth(3).unwrap_or("").to_string();
+            let (a, b) = range.split_once('-')?;
+            Some(MapsLine {
+                start: u64::from_str_radix(a, 16).ok()?,
+                end: u64::from_str_radix(b, 16).ok()?,
+                perms,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// Lines of /proc/self/maps that intersect `[addr, addr + len)`, clipped to it.
+pub fn maps_in(addr: u64, len: u64) -> Vec<MapsLine> {
+    maps()
+        .into_iter()
+        .filter(|m| m.start < addr + len && m.end > addr)
+        .map(|mut m| {
+            m.start = m.start.max(addr);
+            m.end = m.end.min(addr + len);
+            m
+        })
+        .collect()
+}
+
+/// Asserts that the window is one unbroken range of mappings (no hole) and that every mapping
+/// of a test memfd lies inside it.
+pub fn assert_window_sound(w: &DaxWindow) {
+    let (base, size) = (w.host_addr(), w.size());
+    let inside = maps_in(base, size);
+    let mut at = base;
+    for m in &inside {
+        assert_eq!(m.start, at, "hole in the window at {at:#x}: {inside:#x?}");
+        at = m.end;
+    }
+    assert_eq!(at, base + size, "window ends early: {inside:#x?}");
+    let ours = format!("vfd-test-{}-", std::process::id());
+    for m in maps() {
+        if m.path.contains(&ours) {
+            assert!(
+                m.start >= base && m.end <= base + size,
+                "test file mapped outside the window: {m:#x?}"
+            );
+        }
+    }
+}
+
+/// Permissions of the page at `offset` of the window, from /proc/self/maps.
+pub fn perms_at(w: &DaxWindow, offset: u64) -> String {
+    maps_in(w.host_addr() + offset, 1)
+        .first()
+        .map(|m| m.perms.clone())
+        .unwrap_or_default()
+}
+
+/// Open descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Reads `len` bytes of the window at `offset` (the range must be mapped readable).
+pub fn read_window(w: &DaxWindow, offset: u64, len: usize) -> Vec<u8> {
+    assert!(offset + len as u64 <= w.size());
+    let p = (w.host_addr() + offset) as *const u8;
+    // SAFETY: the caller asserts the range is a live readable mapping inside the window; volatile
+    // reads because the file may change under us.
+    (0..len)
+        .map(|i| unsafe { p.add(i).read_volatile() })
+        .collect()
+}
+
+/// Writes `data` to the window at `offset` (the range must be mapped writable).
+pub fn write_window(w: &DaxWindow, offset: u64, data: &[u8]) {
+    assert!(offset + data.len() as u64 <= w.size());
+    let p = (w.host_addr() + offset) as *mut u8;
+    for (i, b) in data.iter().enumerate() {
+        // SAFETY: the caller asserts the range is a live writable mapping inside the window.
+        unsafe { p.add(i).write_volatile(*b) };
+    }
+}
+
+/// A peer that writes whatever bytes and descriptors a test wants, and reads replies.
+pub struct RawPeer {
+    pub sock: UnixStream,
+}
+
+impl RawPeer {
+    pub fn header(request: u32, flags: u32, size: u32) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HEADER_SIZE);
+        v.extend_from_slice(&request.to_le_bytes());
+        v.extend_from_slice(&flags.to_le_bytes());
+        v.extend_from_slice(&size.to_le_bytes());
+        v
+    }
+
+    /// Sends a well-formed header (version 1, NEED_REPLY) announcing `body.len()`, then `body`,
+    /// with `fds` attached to the first byte.
+    pub fn send(&self, request: u32, body: &[u8], fds: &[RawFd]) {
+        self.send_raw(
+            request,
+            VERSION | FLAG_NEED_REPLY,
+            body.len() as u32,
+            body,
+            fds,
+        );
+    }
+
+    pub fn send_raw(&self, request: u32, flags: u32, size: u32, body: &[u8], fds: &[RawFd]) {
+        let mut msg = Self::header(request, flags, size);
+        msg.extend_from_slice(body);
+        let n = self.sock.send_with_fds(&[&msg[..]], fds).unwrap();
+        assert_eq!(n, msg.len());
+    }
+
+    /// Reads one reply and returns its value as the signed number the backend sees.
+    pub fn reply(&self, request: u32) -> i64 {
+        let mut buf = [0u8; HEADER_SIZE + 8];
+        (&self.sock).read_exact(&mut buf).unwrap();
+        let (h, v) = buf.split_at(HEADER_SIZE);
+        let hdr = RawHeader {
+            request: u32::from_le_bytes(h[0..4].try_into().unwrap()),
+            flags: u32::from_le_bytes(h[4..8].try_into().unwrap()),
+            size: u32::from_le_bytes(h[8..12].try_into().unwrap()),
+        };
+        assert_eq!({ hdr.request }, request, "reply for another request");
+        assert_eq!({ hdr.flags }, VERSION | FLAG_REPLY);
+        assert_eq!({ hdr.size }, 8);
+        u64::from_le_bytes(v.try_into().unwrap()) as i64
+    }
+
+    /// Sends and waits for the reply.
+    pub fn call(&self, request: u32, body: &[u8], fds: &[RawFd]) -> i64 {
+        self.send(request, body, fds);
+        self.reply(request)
+    }
+}
+
+/// A window served by a channel thread, with a raw peer on the other end.
+pub struct Harness {
+    pub window: Arc<DaxWindow>,
+    pub io: Arc<IoSpace>,
+    pub peer: RawPeer,
+    pub thread: Option<ChannelThread>,
+}
+
+impl Harness {
+    pub fn new(dialect: Dialect, size: u64) -> Self {
+        Self::with(dialect, size, false, Arc::new(IoSpace::new()))
+    }
+
+    pub fn with(dialect: Dialect, size: u64, replace_exact: bool, io: Arc<IoSpace>) -> Self {
+        let window = Arc::new(DaxWindow::new(size).unwrap());
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let thread = BackendChannel::builder(ours)
+            .window(window.clone())
+            .dialect(dialect)
+            .replace_exact(replace_exact)
+            .io_space(io.clone())
+            .name("test")
+            .build()
+            .spawn()
+            .unwrap();
+        Harness {
+            window,
+            io,
+            peer: RawPeer { sock: theirs },
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the channel thread and asserts it ended cleanly.
+    pub fn stop(mut self) {
+        let t = self.thread.take().unwrap();
+        assert!(t.stop().is_ok());
+    }
+}
+
+pub fn as_fds(files: &[&File]) -> Vec<RawFd> {
+    files.iter().map(|f| f.as_raw_fd()).collect()
+}
