@@ -578,7 +578,7 @@ impl BackendChannel {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::Recv(e)),
             };
-            if events[..n].iter().any(|e| e.data() == 1) || stop.read().is_ok() {
+            if events[..n].iter().any(|e| e.data() == 1) {
                 return Ok(());
             }
             match self.handle_one() {

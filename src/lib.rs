@@ -3,7 +3,113 @@
 
 //! A virtio-fs DAX window and its vhost-user backend channel, for rust-vmm based VMMs.
 //!
-//! See the README for the threat model and the two commands.
+//! A virtio-fs device served by a vhost-user backend (virtiofsd or similar) can give its guest a
+//! **DAX window**: a range of guest physical memory (virtio shared memory region 0) into which
+//! the backend asks the VMM to map file ranges. The guest then reads and writes those files with
+//! plain loads and stores: no copies, no exits, one page cache shared by host and guest.
+//!
+//! This crate is the VMM's side of that window:
+//!
+//! - [`DaxWindow`] reserves the window once (`PROT_NONE`, `MAP_NORESERVE`: it costs no memory),
+//!   maps file ranges into it with `MAP_FIXED` only after checking them, and puts the reservation
+//!   back on unmap so the window never has a hole. Its host address and size are what the VMM
+//!   registers as guest memory.
+//! - [`BackendChannel`] is the frontend's end of the backend channel (the socket pair whose other
+//!   end goes to the backend with `set_backend_request_fd`). It reads requests with their file
+//!   descriptors, decodes them with a pure decoder ([`protocol`]), executes them, replies `0` or
+//!   `-errno`, and keeps serving after any refusal. It speaks both dialects: the standard
+//!   SHMEM_MAP / SHMEM_UNMAP and the legacy FS_MAP / FS_UNMAP / FS_SYNC / FS_IO.
+//! - [`IoSpace`] serves FS_IO (and the proposed MEM_READ / MEM_WRITE, feature `mem-rw`): copies
+//!   between a file and guest memory at a guest physical address that the backend cannot see
+//!   (a DAX window, this device's or another's).
+//! - [`FsMetrics`] counts everything, refusals by reason.
+//!
+//! # Two sockets, one window
+//!
+//! ```text
+//!  guest driver ──virtqueues──► backend ──backend channel (requests + fds)──► BackendChannel
+//!      │ loads/stores                                                           │ validate, mmap
+//!      ▼                                                                        ▼
+//!  DAX window (guest physical) ═══ one memory slot ═══ DaxWindow (host, PROT_NONE reservation)
+//! ```
+//!
+//! The vhost-user socket (front-end to backend) is driven with `vhost::vhost_user::Frontend`.
+//! The backend channel is this crate's: vhost 0.18's `FrontendReqHandler` cannot parse the legacy
+//! codes.
+//!
+//! # Lifecycle and ownership
+//!
+//! - The VMM owns the memory slot over the window and must remove it **before** the last
+//!   `Arc<DaxWindow>` is dropped (dropping unmaps the reservation).
+//! - Device reset and backend disconnect drop every mapping ([`DaxWindow::unmap_all`]: one
+//!   `PROT_NONE` re-map over the window); the window stays reserved and registered. A channel
+//!   thread does this by itself when the backend disconnects.
+//! - Keep the window out of the vhost-user memory table and out of VFIO DMA maps.
+//! - Host-side truncation of a mapped file makes guest accesses to it fault: DAX is for trees not
+//!   shared with other writers.
+//!
+//! # Threat model
+//!
+//! The backend is less trusted than the VMM, and the guest (which drives the backend) is not
+//! trusted at all. Nothing the backend sends may panic, abort, leak a descriptor or map outside
+//! the window: every request is checked (header, size, descriptor count, region id, length,
+//! overflow, bounds, alignment, flags, overlap policy) before any syscall, and every refusal is a
+//! typed error, a `-errno` reply, a counter and a rate-limited log line.
+//!
+//! # Example
+//!
+//! A window served on its own thread, with vhost's real `Backend` sending a map request:
+//!
+//! ```
+//! use std::os::unix::net::UnixStream;
+//! use std::sync::Arc;
+//!
+//! use vhost::vhost_user::message::VhostUserMMap;
+//! use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
+//! use virtio_fs_dax::{BackendChannel, DaxWindow, Dialect, IoSpace};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Reserve the window once; register (host_addr, size) as guest memory at a 2 MiB aligned
+//! // guest address, and expose it as shared memory region 0.
+//! let window = Arc::new(DaxWindow::new(64 << 20)?);
+//! let gpa = 1 << 34;
+//! // vmm.add_memory_slot(gpa, window.host_addr(), window.size());
+//!
+//! // One IoSpace per VM, with guest RAM and every window, for FS_IO.
+//! let io = Arc::new(IoSpace::new());
+//! io.add_window(gpa, window.clone())?;
+//!
+//! // The backend channel: `theirs` goes to the backend with set_backend_request_fd.
+//! let (ours, theirs) = UnixStream::pair()?;
+//! let channel = BackendChannel::builder(ours)
+//!     .window(window.clone())
+//!     .dialect(Dialect::Standard) // SHMEM was negotiated
+//!     .io_space(io)
+//!     .name("myfs")
+//!     .build()
+//!     .spawn()?;
+//!
+//! // What a backend does when the guest sends FUSE_SETUPMAPPING.
+//! # let backend = Backend::from_stream(theirs);
+//! # backend.set_reply_ack_flag(true);
+//! # backend.set_shmem_flag(true);
+//! let file = tempfile::tempfile()?;
+//! file.set_len(2 << 20)?;
+//! let map = VhostUserMMap { shmid: 0, padding: [0; 7], fd_offset: 0, shm_offset: 0, len: 2 << 20, flags: 1 };
+//! backend.shmem_map(&map, &file)?;
+//! assert_eq!(window.metrics().live_mappings(), 1);
+//!
+//! // A map past the end of the window is refused, and the channel goes on.
+//! let bad = VhostUserMMap { shm_offset: 64 << 20, ..map };
+//! assert!(backend.shmem_map(&bad, &file).is_err());
+//! assert_eq!(window.metrics().total_refusals(), 1);
+//!
+//! // Reset: drop every mapping, stop the channel thread.
+//! window.unmap_all()?;
+//! channel.stop()?;
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

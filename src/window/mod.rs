@@ -125,6 +125,10 @@ impl Error {
     }
 }
 
+fn overlaps(a: u64, a_len: u64, b: u64, b_len: u64) -> bool {
+    a < b.saturating_add(b_len) && b < a.saturating_add(a_len)
+}
+
 #[derive(Debug)]
 struct Inner {
     reservation: Reservation,
@@ -224,19 +228,29 @@ impl DaxWindow {
     }
 
     /// Maps `entries` of `fd`, all or nothing: every entry is checked first (range, alignment,
-    /// overlap under `policy`, later entries against earlier ones), then mapped in order. If a
+    /// overlap under `policy`, entries against each other), then mapped in order. The checks cost
+    /// O(log n) in the number of live mappings. If a
     /// mapping fails, the entries already mapped go back to the reservation and the error is
     /// returned. Ranges an entry replaced under [`OverlapPolicy::Replace`] are not restored on
     /// rollback (their file descriptors are not kept); they read as the reservation.
     pub fn map(&self, entries: &[MapEntry], fd: impl AsFd, policy: Policy) -> Result<()> {
         let mut inner = self.lock();
-        let mut planned = inner.table.clone();
-        for e in entries {
+        for (i, e) in entries.iter().enumerate() {
             self.check(e.offset, e.len, Some(e.fd_offset))?;
-            planned
-                .check_map(e.offset, e.len, policy.overlap)
-                .map_err(|r| self.range_error(e.offset, e.len, e.fd_offset, r))?;
-            planned.insert(e.offset, e.len, e.access);
+            let busy = || self.range_error(e.offset, e.len, e.fd_offset, RangeError::Busy);
+            if policy.overlap != OverlapPolicy::Replace {
+                inner
+                    .table
+                    .check_map(e.offset, e.len, policy.overlap)
+                    .map_err(|_| busy())?;
+                // Entries of one request must not overlap each other either.
+                if entries[..i]
+                    .iter()
+                    .any(|p| overlaps(p.offset, p.len, e.offset, e.len))
+                {
+                    return Err(busy());
+                }
+            }
         }
         let fd = fd.as_fd();
         for (done, e) in entries.iter().enumerate() {
@@ -280,13 +294,19 @@ impl DaxWindow {
     /// put back to the reservation.
     pub fn unmap(&self, ranges: &[Range], policy: Policy) -> Result<()> {
         let mut inner = self.lock();
-        let mut planned = inner.table.clone();
-        for r in ranges {
+        for (i, r) in ranges.iter().enumerate() {
             self.check(r.offset, r.len, None)?;
-            planned
+            let not_mapped = |reason| self.range_error(r.offset, r.len, 0, reason);
+            inner
+                .table
                 .check_unmap(r.offset, r.len, policy.unmap)
-                .map_err(|reason| self.range_error(r.offset, r.len, 0, reason))?;
-            planned.remove(r.offset, r.len);
+                .map_err(not_mapped)?;
+            // An exact unmap cannot name the same mapping twice in one request.
+            if policy.unmap == UnmapPolicy::Exact
+                && ranges[..i].iter().any(|p| p.offset == r.offset)
+            {
+                return Err(not_mapped(RangeError::NotMapped));
+            }
         }
         let result = ranges.iter().try_for_each(|r| {
             inner
