@@ -34,6 +34,9 @@ step "tests"
 cargo test
 cargo test --all-features
 
+step "benches (smoke run, criterion --test mode)"
+cargo bench --bench main -- --test
+
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 
