@@ -274,10 +274,37 @@ pub struct BackendChannel {
     body: Vec<u8>,
 }
 
-/// A received message: raw header, body (empty when drained), and the descriptors, owned.
+/// Most descriptors kept for one message; no request needs more than one. Further ones are
+/// closed as they arrive and only counted, so a peer that spreads a message over many parts,
+/// each with descriptors, cannot make the channel hold more than this.
+const KEPT_FDS: usize = 4;
+
+/// The descriptors received with one message: the first [`KEPT_FDS`] owned, the rest counted.
+#[derive(Default)]
+struct Fds {
+    kept: Vec<File>,
+    dropped: usize,
+}
+
+impl Fds {
+    fn take(&mut self, file: File) {
+        if self.kept.len() < KEPT_FDS {
+            self.kept.push(file);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.kept.len() + self.dropped
+    }
+}
+
+/// A received message: raw header (its body is in `BackendChannel::body`, or was drained), and
+/// the descriptors that came along.
 struct Message {
     raw: RawHeader,
-    files: Vec<File>,
+    fds: Fds,
 }
 
 impl BackendChannel {
@@ -308,9 +335,9 @@ impl BackendChannel {
         self.policy
     }
 
-    /// Receives into `buf`, appending received descriptors (owned) to `files`.
-    fn recv_part(&self, buf: &mut [u8], files: &mut Vec<File>) -> Result<usize> {
-        let mut fds = [-1 as RawFd; MAX_FDS];
+    /// Receives into `buf`, taking ownership of the descriptors that came along.
+    fn recv_part(&self, buf: &mut [u8], fds: &mut Fds) -> Result<usize> {
+        let mut raw = [-1 as RawFd; MAX_FDS];
         let mut iov = [libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -318,13 +345,13 @@ impl BackendChannel {
         loop {
             // SAFETY: the iovec points at `buf`, an exclusive borrow of `buf.len()` bytes that may
             // hold any bytes.
-            let res = unsafe { self.sock.recv_with_fds(&mut iov, &mut fds) };
+            let res = unsafe { self.sock.recv_with_fds(&mut iov, &mut raw) };
             match res {
                 Ok((n, nfds)) => {
-                    for &fd in fds.iter().take(nfds) {
+                    for &fd in raw.iter().take(nfds) {
                         // SAFETY: recvmsg installed `nfds` new descriptors in our table for us
                         // alone; each is wrapped exactly once, so it is closed exactly once.
-                        files.push(unsafe { File::from_raw_fd(fd) });
+                        fds.take(unsafe { File::from_raw_fd(fd) });
                     }
                     return Ok(n);
                 }
@@ -335,10 +362,10 @@ impl BackendChannel {
     }
 
     /// Fills `buf` completely, or reports where the stream ended.
-    fn recv_exact(&self, buf: &mut [u8], files: &mut Vec<File>, first: bool) -> Result<()> {
+    fn recv_exact(&self, buf: &mut [u8], fds: &mut Fds, first: bool) -> Result<()> {
         let mut got = 0;
         while got < buf.len() {
-            let n = self.recv_part(&mut buf[got..], files)?;
+            let n = self.recv_part(&mut buf[got..], fds)?;
             if n == 0 {
                 return Err(if first && got == 0 {
                     Error::Disconnected
@@ -357,16 +384,16 @@ impl BackendChannel {
     /// Receives one whole message: header, then the announced body (into `self.body` when it fits
     /// the limit, drained otherwise), with every descriptor that came along.
     fn recv_message(&mut self) -> Result<Message> {
-        let mut files = Vec::new();
+        let mut fds = Fds::default();
         let mut hdr = [0u8; HEADER_SIZE];
-        self.recv_exact(&mut hdr, &mut files, true)?;
+        self.recv_exact(&mut hdr, &mut fds, true)?;
         let raw = RawHeader::from_slice(&hdr).copied().unwrap_or_default();
         let size = raw.size as usize;
         let mut body = std::mem::take(&mut self.body);
         body.clear();
         let res = if size <= MAX_BODY_SIZE {
             body.resize(size, 0);
-            self.recv_exact(&mut body, &mut files, false)
+            self.recv_exact(&mut body, &mut fds, false)
         } else {
             // Drain what the header announced so the stream stays in sync.
             let mut left = size;
@@ -374,14 +401,14 @@ impl BackendChannel {
             let mut res = Ok(());
             while left > 0 && res.is_ok() {
                 let chunk = left.min(sink.len());
-                res = self.recv_exact(&mut sink[..chunk], &mut files, false);
+                res = self.recv_exact(&mut sink[..chunk], &mut fds, false);
                 left -= chunk;
             }
             res
         };
         self.body = body;
         res?;
-        Ok(Message { raw, files })
+        Ok(Message { raw, fds })
     }
 
     /// Receives, decodes, executes and answers one message. Blocks until a whole message has
@@ -399,12 +426,12 @@ impl BackendChannel {
                 } else {
                     &[]
                 };
-                decode_body(self.dialect, &h, body, msg.files.len())
+                decode_body(self.dialect, &h, body, msg.fds.count())
             })
             .map_err(RequestError::from)
-            .and_then(|req| self.execute(req, &msg.files));
+            .and_then(|req| self.execute(req, &msg.fds.kept));
         // Descriptors are not needed past this point: a mapping keeps its file alive by itself.
-        drop(msg.files);
+        drop(msg.fds);
         let (value, payload) = match result {
             Ok(Reply::Value(v)) => (v as i64, None),
             Ok(Reply::Data(d)) => (0, Some(d)),

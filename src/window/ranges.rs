@@ -74,8 +74,11 @@ pub enum RangeError {
     NotMapped,
 }
 
+/// Largest file offset the kernel accepts (`off_t` is signed).
+const MAX_FILE_END: u64 = i64::MAX as u64;
+
 /// Checks a range against the window size and the page size: overflow, end, alignment. The
-/// file offset (if any) must be page aligned too.
+/// file offset (if any) must be page aligned too, and `fd_offset + len` must fit `off_t`.
 pub fn check_range(
     offset: u64,
     len: u64,
@@ -88,7 +91,10 @@ pub fn check_range(
     }
     let end = offset.checked_add(len).ok_or(RangeError::Overflow)?;
     if let Some(fo) = fd_offset {
-        fo.checked_add(len).ok_or(RangeError::Overflow)?;
+        match fo.checked_add(len) {
+            Some(file_end) if file_end <= MAX_FILE_END => {}
+            _ => return Err(RangeError::Overflow),
+        }
     }
     if end > window_size {
         return Err(RangeError::OutOfWindow);
@@ -299,6 +305,15 @@ mod tests {
         assert_eq!(
             check_range(0, PAGE, Some(u64::MAX), 16 * PAGE, PAGE),
             Err(RangeError::Overflow)
+        );
+        // Page aligned, no u64 overflow, but past what off_t can hold.
+        assert_eq!(
+            check_range(0, PAGE, Some(1 << 63), 16 * PAGE, PAGE),
+            Err(RangeError::Overflow)
+        );
+        assert_eq!(
+            check_range(0, PAGE, Some((1 << 63) - 2 * PAGE), 16 * PAGE, PAGE),
+            Ok(())
         );
         assert_eq!(
             check_range(15 * PAGE, 2 * PAGE, None, 16 * PAGE, PAGE),

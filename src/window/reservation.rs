@@ -90,7 +90,8 @@ impl Reservation {
         }
     }
 
-    /// Maps `len` bytes of `fd` at `fd_offset` over `[offset, offset + len)`, shared.
+    /// Maps `len` bytes of `fd` at `fd_offset` over `[offset, offset + len)`, shared. On error
+    /// the range is the reservation again, whatever it held before.
     pub fn map_fd(
         &self,
         offset: usize,
