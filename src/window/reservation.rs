@@ -105,8 +105,10 @@ impl Reservation {
             Access::ReadOnly => libc::PROT_READ,
             Access::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
         };
-        let fd_offset = libc::off_t::try_from(fd_offset)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        let Ok(fd_offset) = libc::off_t::try_from(fd_offset) else {
+            self.clear(offset, len)?;
+            return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+        };
         // SAFETY: `inside` just checked that [at, at + len) lies within this reservation, which
         // this struct owns; MAP_FIXED replaces only pages of it. No Rust reference points into the
         // reservation, so replacing its pages invalidates nothing.
@@ -171,6 +173,7 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn aligned_and_bounds_checked() {
@@ -182,5 +185,25 @@ mod tests {
         assert_eq!(err(r.clear(usize::MAX - 4095, 4096)), Some(libc::EINVAL));
         assert_eq!(err(r.sync(0, 0)), Some(libc::EINVAL));
         assert!(r.sync(0, 4096).is_ok());
+    }
+
+    #[test]
+    fn failed_map_leaves_the_reservation() {
+        let r = Reservation::new(2 << 20).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(4096).unwrap();
+        r.map_fd(0, 4096, file.as_fd(), 0, Access::ReadOnly)
+            .unwrap();
+        // SAFETY: page 0 of the reservation was just mapped readable.
+        assert_eq!(unsafe { (r.addr() as *const u8).read_volatile() }, 0);
+        // An offset off_t cannot hold: refused, and the old mapping is gone, not left behind.
+        let err = r.map_fd(0, 4096, file.as_fd(), 1 << 63, Access::ReadOnly);
+        assert_eq!(err.unwrap_err().raw_os_error(), Some(libc::EOVERFLOW));
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.starts_with(&format!("{:x}-", r.addr())))
+            .unwrap();
+        assert!(line.contains("---p"), "{line}");
     }
 }
