@@ -135,6 +135,31 @@ struct Inner {
     table: MappingTable,
 }
 
+impl Inner {
+    /// Puts a checked range back to the reservation. Checked ranges fit `usize`: they lie inside
+    /// the window, whose size fits `usize` since the reservation exists.
+    fn clear(&self, offset: u64, len: u64) -> Result<()> {
+        self.reservation
+            .clear(offset as usize, len as usize)
+            .map_err(|source| Error::Unmap {
+                offset,
+                len,
+                source,
+            })
+    }
+
+    /// `msync` of a checked range.
+    fn sync(&self, offset: u64, len: u64) -> Result<()> {
+        self.reservation
+            .sync(offset as usize, len as usize)
+            .map_err(|source| Error::Sync {
+                offset,
+                len,
+                source,
+            })
+    }
+}
+
 /// A DAX window. Share it as `Arc<DaxWindow>`: every method takes `&self` and serialises on an
 /// internal lock, so a reset from the VMM thread and the backend channel's thread never race.
 #[derive(Debug)]
@@ -265,7 +290,7 @@ impl DaxWindow {
             );
             if let Err(source) = res {
                 for r in &entries[..done] {
-                    if let Err(err) = inner.reservation.clear(r.offset as usize, r.len as usize) {
+                    if let Err(err) = inner.clear(r.offset, r.len) {
                         log::warn!(
                             "dax window: rollback of {:#x}+{:#x}: {err}",
                             r.offset,
@@ -309,14 +334,7 @@ impl DaxWindow {
             }
         }
         let result = ranges.iter().try_for_each(|r| {
-            inner
-                .reservation
-                .clear(r.offset as usize, r.len as usize)
-                .map_err(|source| Error::Unmap {
-                    offset: r.offset,
-                    len: r.len,
-                    source,
-                })?;
+            inner.clear(r.offset, r.len)?;
             inner.table.remove(r.offset, r.len);
             FsMetrics::add(&self.metrics.unmaps, 1);
             Ok(())
@@ -330,15 +348,7 @@ impl DaxWindow {
     /// backend disconnect.
     pub fn unmap_all(&self) -> Result<()> {
         let mut inner = self.lock();
-        let size = self.size;
-        inner
-            .reservation
-            .clear(0, size as usize)
-            .map_err(|source| Error::Unmap {
-                offset: 0,
-                len: size,
-                source,
-            })?;
+        inner.clear(0, self.size)?;
         inner.table.clear();
         FsMetrics::add(&self.metrics.unmaps, 1);
         self.update_gauges(&inner);
@@ -352,14 +362,7 @@ impl DaxWindow {
             self.check(r.offset, r.len, None)?;
         }
         for r in ranges {
-            inner
-                .reservation
-                .sync(r.offset as usize, r.len as usize)
-                .map_err(|source| Error::Sync {
-                    offset: r.offset,
-                    len: r.len,
-                    source,
-                })?;
+            inner.sync(r.offset, r.len)?;
             FsMetrics::add(&self.metrics.syncs, 1);
         }
         Ok(())
