@@ -116,8 +116,13 @@
 
 pub mod channel;
 pub mod io;
+pub mod memory;
 pub mod metrics;
 pub mod protocol;
+#[cfg(feature = "test-utils")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
+pub mod test_utils;
+pub mod transport;
 pub mod window;
 
 pub use channel::{BackendChannel, BackendChannelBuilder, ChannelThread, Outcome, RequestError};

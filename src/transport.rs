@@ -1,0 +1,1 @@
+//! Transport helpers (in progress).
