@@ -115,6 +115,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod channel;
+pub mod device;
+pub mod frontend;
 pub mod io;
 pub mod memory;
 pub mod metrics;
@@ -126,6 +128,7 @@ pub mod transport;
 pub mod window;
 
 pub use channel::{BackendChannel, BackendChannelBuilder, ChannelThread, Outcome, RequestError};
+pub use device::{Fs, FsBuilder, VirtioDevice};
 pub use io::IoSpace;
 pub use metrics::{FsMetrics, Refusal};
 pub use protocol::Dialect;

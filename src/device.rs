@@ -1,0 +1,959 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The virtio-fs device: [`Fs`], a [`VirtioDevice`] whose queues are served by a vhost-user
+//! backend and whose DAX window is this crate's [`DaxWindow`].
+//!
+//! # Wiring it into a VMM
+//!
+//! 1. Build it: [`Fs::builder`] with the tag, queue count and size, backend socket, window size
+//!    (0 for no DAX), dialect and policies. Bad configuration is a typed [`Error`].
+//! 2. Optionally [`Fs::connect`] right away, so [`VirtioDevice::features`] can offer what the
+//!    backend supports (EVENT_IDX, INDIRECT_DESC); otherwise only `VIRTIO_F_VERSION_1` is offered
+//!    and activation connects.
+//! 3. Expose shared memory region 0 ([`VirtioDevice::shm_regions`]) through the transport: a PCI
+//!    BAR with [`crate::transport::shm_pci_cap`], or the MMIO SHM registers
+//!    ([`crate::transport::MmioShmRegs`]). Allocate its guest address with
+//!    [`crate::transport::window_resource_constraint`], then call [`VirtioDevice::set_shm_base`]:
+//!    the device registers the window through the VMM's [`MemoryManager`] (and again on every
+//!    BAR move).
+//! 4. On `DRIVER_OK`, [`VirtioDevice::activate`] with the guest memory, the interrupt and the
+//!    queues with their kick and call eventfds. On device reset, [`VirtioDevice::reset`].
+//! 5. Watch [`Fs::backend_gone`] (or the channel's end, see [`Fs::reconnect`]): when the
+//!    backend dies its mappings are already dropped; call [`Fs::reconnect`] once it is back.
+//!
+//! A VMM with its own device trait implements it by forwarding to these methods: every
+//! [`VirtioDevice`] method is a thin call into `Fs`.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use virtio_queue::{Queue, QueueState, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::frontend::{self, Connection, DaxFallback, Session, SessionConfig, VringSetup};
+use crate::io::IoSpace;
+use crate::memory::{MemoryManager, WindowRegion};
+use crate::metrics::FsMetrics;
+use crate::protocol::Dialect;
+use crate::transport::{self, VirtioFsConfig, VIRTIO_FS_SHMCAP_ID_CACHE, VIRTIO_ID_FS};
+use crate::window::{self, DaxWindow};
+
+/// `VIRTIO_RING_F_INDIRECT_DESC`.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+/// `VIRTIO_RING_F_EVENT_IDX`.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// Largest queue size (split virtqueue).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// Most request queues a device may have.
+pub const MAX_REQUEST_QUEUES: u32 = 64;
+
+/// Errors of the device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The tag or queue count is invalid.
+    #[error("invalid configuration")]
+    Config(#[source] transport::ConfigError),
+    /// Too many request queues.
+    #[error("{0} request queues, at most {MAX_REQUEST_QUEUES}")]
+    TooManyQueues(u32),
+    /// The queue size is not a power of two in 1..=32768.
+    #[error("queue size {0} is not a power of two of at most {MAX_QUEUE_SIZE}")]
+    QueueSize(u16),
+    /// No backend socket path was given.
+    #[error("no backend socket path")]
+    NoSocket,
+    /// The window could not be created.
+    #[error("DAX window")]
+    Window(#[source] window::Error),
+    /// The vhost-user session failed.
+    #[error("vhost-user session")]
+    Session(#[source] frontend::Error),
+    /// The VMM's memory manager refused the window.
+    #[error("memory manager refused the window at {gpa:#x}")]
+    Memory {
+        /// Guest physical address.
+        gpa: u64,
+        /// Its error.
+        #[source]
+        source: io::Error,
+    },
+    /// The window's guest address is not 2 MiB aligned, or the device has no such region.
+    #[error("shared memory region {id} at {gpa:#x}: no such region or not 2 MiB aligned")]
+    ShmBase {
+        /// Region id.
+        id: u8,
+        /// Guest physical address.
+        gpa: u64,
+    },
+    /// Registering the window in the IO space failed.
+    #[error("IO space")]
+    Io(#[source] crate::io::Error),
+    /// Activation with the wrong number of queues.
+    #[error("activate with {got} queues, the device has {expected}")]
+    QueueCount {
+        /// Queues given.
+        got: usize,
+        /// Queues the device has.
+        expected: usize,
+    },
+    /// The device is not activated.
+    #[error("the device is not activated")]
+    NotActivated,
+    /// Snapshot refused: the window has live mappings, whose file descriptors cannot be saved.
+    #[error("snapshot refused: {live} live DAX mappings")]
+    SnapshotWithMappings {
+        /// Live mappings.
+        live: usize,
+    },
+    /// A snapshot does not match this device or is malformed.
+    #[error("snapshot does not match the device: {0}")]
+    BadSnapshot(&'static str),
+}
+
+/// Result of device operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Kinds of interrupt a device raises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VirtioInterruptType {
+    /// Configuration change.
+    Config,
+    /// Used buffers on a queue.
+    Queue(u16),
+}
+
+/// The VMM's interrupt delivery.
+pub trait VirtioInterrupt: Send + Sync {
+    /// Raises an interrupt.
+    fn trigger(&self, int_type: VirtioInterruptType) -> io::Result<()>;
+}
+
+/// A queue handed to [`VirtioDevice::activate`].
+#[derive(Debug)]
+pub struct ActivateQueue {
+    /// Queue index.
+    pub index: usize,
+    /// The queue as the driver configured it.
+    pub queue: Queue,
+    /// Eventfd the guest's notifications write (ioeventfd).
+    pub kick: EventFd,
+    /// Eventfd the backend writes to interrupt the guest (irqfd).
+    pub call: EventFd,
+}
+
+/// A virtio shared memory region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedMemoryRegion {
+    /// Region id (0: the DAX cache window).
+    pub id: u8,
+    /// Guest physical address, once placed.
+    pub gpa: Option<u64>,
+    /// Length.
+    pub len: u64,
+    /// Host address of the memory behind it.
+    pub host_addr: u64,
+}
+
+/// Host memory the VMM must map into the guest for this device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserspaceMapping {
+    /// Host virtual address.
+    pub host_addr: u64,
+    /// Guest physical address.
+    pub gpa: u64,
+    /// Length.
+    pub len: u64,
+}
+
+/// A virtio device as a cloud-hypervisor-style VMM drives it, as small as a VMM needs.
+pub trait VirtioDevice: Send {
+    /// Virtio device type.
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features offered to the driver.
+    fn features(&self) -> u64;
+    /// Records the features the driver acked (only offered ones are kept).
+    fn ack_features(&mut self, value: u64);
+    /// Reads the device configuration space; bytes outside it read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space (virtio-fs has nothing writable).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Activates the device.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActivateQueue>,
+    ) -> Result<()>;
+    /// Resets the device; returns the interrupt it was activated with.
+    fn reset(&mut self) -> Option<Arc<dyn VirtioInterrupt>>;
+    /// Shared memory regions.
+    fn shm_regions(&self) -> Vec<SharedMemoryRegion>;
+    /// Places (or moves) shared memory region `id` at `gpa`.
+    fn set_shm_base(&mut self, id: u8, gpa: u64) -> Result<()>;
+    /// Host memory the VMM maps into the guest for this device.
+    fn userspace_mappings(&self) -> Vec<UserspaceMapping>;
+}
+
+/// Builder for [`Fs`].
+#[derive(Debug)]
+pub struct FsBuilder {
+    tag: String,
+    request_queues: u32,
+    queue_size: u16,
+    socket_path: Option<std::path::PathBuf>,
+    window_size: u64,
+    dialect: Dialect,
+    replace_exact: bool,
+    dax_fallback: DaxFallback,
+    memory: Option<Arc<dyn MemoryManager>>,
+    io: Option<Arc<IoSpace>>,
+    connect_attempts: u32,
+    connect_interval: Duration,
+}
+
+impl std::fmt::Debug for dyn MemoryManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryManager")
+    }
+}
+
+impl FsBuilder {
+    /// Request queues (the high-priority queue comes on top). Default 1.
+    pub fn request_queues(mut self, n: u32) -> Self {
+        self.request_queues = n;
+        self
+    }
+    /// Size of every queue. Default 1024.
+    pub fn queue_size(mut self, size: u16) -> Self {
+        self.queue_size = size;
+        self
+    }
+    /// The backend's vhost-user socket.
+    pub fn socket_path(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.socket_path = Some(path.into());
+        self
+    }
+    /// DAX window size: 0 for none, else a power of two of at least 2 MiB.
+    pub fn window_size(mut self, size: u64) -> Self {
+        self.window_size = size;
+        self
+    }
+    /// Backend-channel dialect. Default standard.
+    pub fn dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+    /// Standard dialect: allow exact-range replace (the Linux guest's writable upgrade).
+    pub fn replace_exact(mut self, enable: bool) -> Self {
+        self.replace_exact = enable;
+        self
+    }
+    /// What to do when the backend cannot serve the window. Default: fail activation.
+    pub fn dax_fallback(mut self, fallback: DaxFallback) -> Self {
+        self.dax_fallback = fallback;
+        self
+    }
+    /// The VMM's memory manager, which registers the window as guest memory.
+    pub fn memory_manager(mut self, memory: Arc<dyn MemoryManager>) -> Self {
+        self.memory = Some(memory);
+        self
+    }
+    /// The VM-wide IO space for FS_IO (shared by every virtio-fs device). Default: a private
+    /// one with this device's window only, and guest RAM added at activation.
+    pub fn io_space(mut self, io: Arc<IoSpace>) -> Self {
+        self.io = Some(io);
+        self
+    }
+    /// Connection attempts and the pause between them. Default 50 × 100 ms.
+    pub fn connect_retry(mut self, attempts: u32, interval: Duration) -> Self {
+        self.connect_attempts = attempts;
+        self.connect_interval = interval;
+        self
+    }
+
+    /// Validates the configuration, reserves the window and builds the device. Does not connect.
+    pub fn build(self) -> Result<Fs> {
+        let config = VirtioFsConfig::new(&self.tag, self.request_queues).map_err(Error::Config)?;
+        if self.request_queues > MAX_REQUEST_QUEUES {
+            return Err(Error::TooManyQueues(self.request_queues));
+        }
+        if self.queue_size == 0
+            || self.queue_size > MAX_QUEUE_SIZE
+            || !self.queue_size.is_power_of_two()
+        {
+            return Err(Error::QueueSize(self.queue_size));
+        }
+        let socket_path = self.socket_path.ok_or(Error::NoSocket)?;
+        let metrics = Arc::new(FsMetrics::new());
+        let window = match self.window_size {
+            0 => None,
+            size => Some(Arc::new(
+                DaxWindow::with_metrics(size, metrics.clone()).map_err(Error::Window)?,
+            )),
+        };
+        let queues = self.request_queues as usize + 1;
+        Ok(Fs {
+            session_cfg: SessionConfig {
+                socket_path,
+                connect_attempts: self.connect_attempts,
+                connect_interval: self.connect_interval,
+                dialect: self.dialect,
+                dax: window.is_some(),
+                dax_fallback: self.dax_fallback,
+                replace_exact: self.replace_exact,
+                name: format!("virtio-fs({})", self.tag),
+            },
+            config,
+            queue_sizes: vec![self.queue_size; queues],
+            window,
+            window_gpa: None,
+            memory: self.memory,
+            io: self.io,
+            metrics,
+            conn: None,
+            session: None,
+            active: None,
+            acked_features: 0,
+        })
+    }
+}
+
+struct Active {
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    queues: Vec<ActivateQueue>,
+    io: Arc<IoSpace>,
+}
+
+/// The virtio-fs device. See the module documentation for how a VMM wires it.
+pub struct Fs {
+    session_cfg: SessionConfig,
+    config: VirtioFsConfig,
+    queue_sizes: Vec<u16>,
+    window: Option<Arc<DaxWindow>>,
+    window_gpa: Option<u64>,
+    memory: Option<Arc<dyn MemoryManager>>,
+    io: Option<Arc<IoSpace>>,
+    metrics: Arc<FsMetrics>,
+    conn: Option<Connection>,
+    session: Option<Session>,
+    active: Option<Active>,
+    acked_features: u64,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("name", &self.session_cfg.name)
+            .field("queue_sizes", &self.queue_sizes)
+            .field("window", &self.window)
+            .field("window_gpa", &self.window_gpa)
+            .field("session", &self.session)
+            .field("activated", &self.active.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fs {
+    /// Starts building a device with `tag` (1 to 36 bytes, the name the guest mounts).
+    pub fn builder(tag: impl Into<String>) -> FsBuilder {
+        FsBuilder {
+            tag: tag.into(),
+            request_queues: 1,
+            queue_size: 1024,
+            socket_path: None,
+            window_size: 0,
+            dialect: Dialect::Standard,
+            replace_exact: false,
+            dax_fallback: DaxFallback::Fail,
+            memory: None,
+            io: None,
+            connect_attempts: 50,
+            connect_interval: Duration::from_millis(100),
+        }
+    }
+
+    /// The device's counters (the window's included).
+    pub fn metrics(&self) -> &Arc<FsMetrics> {
+        &self.metrics
+    }
+
+    /// The DAX window, if the device has one.
+    pub fn window(&self) -> Option<&Arc<DaxWindow>> {
+        self.window.as_ref()
+    }
+
+    /// The vhost-user session, once activated.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// Connects to the backend now (`SET_OWNER`, `GET_FEATURES`), so that
+    /// [`VirtioDevice::features`] offers what it supports. Activation connects if this was not
+    /// called.
+    pub fn connect(&mut self) -> Result<()> {
+        if self.conn.is_none() && self.session.is_none() {
+            let conn = Connection::open(&self.session_cfg, self.queue_sizes.len() as u64)
+                .map_err(Error::Session)?;
+            self.conn = Some(conn);
+        }
+        Ok(())
+    }
+
+    /// True when the backend channel thread has ended, i.e. the backend closed its end or died.
+    /// The mappings were dropped when that happened.
+    pub fn backend_gone(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.channel_finished())
+    }
+
+    /// Drops the session with a dead backend and sets up a new one with a (restarted) backend:
+    /// renegotiates, resends the memory table, the vrings (starting where the used rings are) and
+    /// a fresh backend channel. Every mapping is dropped first: the new backend inherits none.
+    pub fn reconnect(&mut self) -> Result<()> {
+        if self.active.is_none() {
+            return Err(Error::NotActivated);
+        }
+        self.session = None;
+        self.conn = None;
+        self.drop_mappings();
+        self.start_session(true)
+    }
+
+    fn drop_mappings(&self) {
+        if let Some(w) = &self.window {
+            if let Err(e) = w.unmap_all() {
+                log::warn!("{}: dropping mappings: {e}", self.session_cfg.name);
+            }
+        }
+    }
+
+    fn start_session(&mut self, from_used_ring: bool) -> Result<()> {
+        let active = self.active.as_ref().ok_or(Error::NotActivated)?;
+        let conn = match self.conn.take() {
+            Some(c) => c,
+            None => Connection::open(&self.session_cfg, self.queue_sizes.len() as u64)
+                .map_err(Error::Session)?,
+        };
+        let mem = active.mem.memory();
+        let vrings: Vec<VringSetup<'_>> = active
+            .queues
+            .iter()
+            .map(|q| VringSetup {
+                index: q.index,
+                size: q.queue.size(),
+                desc_table: q.queue.desc_table(),
+                avail_ring: q.queue.avail_ring(),
+                used_ring: q.queue.used_ring(),
+                base: if from_used_ring {
+                    q.queue
+                        .used_idx(&*mem, Ordering::Acquire)
+                        .map(|w| w.0)
+                        .unwrap_or(q.queue.next_avail())
+                } else {
+                    q.queue.next_avail()
+                },
+                kick: &q.kick,
+                call: &q.call,
+            })
+            .collect();
+        let session = Session::start(
+            conn,
+            &self.session_cfg,
+            self.acked_features,
+            &mem,
+            &vrings,
+            self.window.as_ref(),
+            &active.io,
+        )
+        .map_err(Error::Session)?;
+        self.session = Some(session);
+        Ok(())
+    }
+
+    fn region(&self, gpa: u64) -> Option<WindowRegion> {
+        self.window.as_ref().map(|w| WindowRegion {
+            gpa,
+            host_addr: w.host_addr(),
+            size: w.size(),
+        })
+    }
+
+    /// A snapshot of the device state: acked features, configuration and queue state. The
+    /// window's mappings cannot be saved (their file descriptors are gone once mapped), so a
+    /// snapshot is refused while any mapping exists; after a reset, or once the guest removed
+    /// every mapping, it succeeds, and the window comes back empty on restore.
+    pub fn snapshot(&self) -> Result<FsSnapshot> {
+        if let Some(w) = &self.window {
+            let live = w.live_mappings();
+            if live > 0 {
+                return Err(Error::SnapshotWithMappings { live });
+            }
+        }
+        Ok(FsSnapshot {
+            acked_features: self.acked_features,
+            config: vm_memory::ByteValued::as_slice(&self.config).to_vec(),
+            queues: self
+                .active
+                .as_ref()
+                .map(|a| a.queues.iter().map(|q| q.queue.state()).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Restores the acked features from `snap` and returns its queue states, for the VMM to
+    /// rebuild the queues and [`VirtioDevice::activate`]. The configuration must match this
+    /// device's (same tag and queue count).
+    pub fn restore(&mut self, snap: &FsSnapshot) -> Result<Vec<QueueState>> {
+        if snap.config != vm_memory::ByteValued::as_slice(&self.config) {
+            return Err(Error::BadSnapshot("configuration differs"));
+        }
+        if !snap.queues.is_empty() && snap.queues.len() != self.queue_sizes.len() {
+            return Err(Error::BadSnapshot("queue count differs"));
+        }
+        self.acked_features = snap.acked_features & self.features();
+        Ok(snap.queues.clone())
+    }
+}
+
+/// A device snapshot. [`FsSnapshot::to_bytes`] and [`FsSnapshot::from_bytes`] give a stable
+/// little-endian encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsSnapshot {
+    /// Features the driver acked.
+    pub acked_features: u64,
+    /// Configuration space bytes.
+    pub config: Vec<u8>,
+    /// Queue states (empty when the device was not activated).
+    pub queues: Vec<QueueState>,
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"VFSDAX01";
+
+impl FsSnapshot {
+    /// Encodes the snapshot.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = SNAPSHOT_MAGIC.to_vec();
+        v.extend_from_slice(&self.acked_features.to_le_bytes());
+        v.extend_from_slice(&(self.config.len() as u32).to_le_bytes());
+        v.extend_from_slice(&self.config);
+        v.extend_from_slice(&(self.queues.len() as u32).to_le_bytes());
+        for q in &self.queues {
+            for x in [q.max_size, q.next_avail, q.next_used, q.size] {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+            v.push(u8::from(q.event_idx_enabled));
+            v.push(u8::from(q.ready));
+            for x in [q.desc_table, q.avail_ring, q.used_ring] {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        v
+    }
+
+    /// Decodes a snapshot; never panics on malformed input.
+    pub fn from_bytes(bytes: &[u8]) -> Result<FsSnapshot> {
+        let bad = Error::BadSnapshot("malformed bytes");
+        let mut r = Reader(bytes);
+        if r.take(8).ok_or(Error::BadSnapshot("malformed bytes"))? != SNAPSHOT_MAGIC {
+            return Err(Error::BadSnapshot("unknown format"));
+        }
+        let acked_features = r.u64().ok_or(Error::BadSnapshot("malformed bytes"))?;
+        let n = r.u32().ok_or(Error::BadSnapshot("malformed bytes"))? as usize;
+        let config = r
+            .take(n)
+            .ok_or(Error::BadSnapshot("malformed bytes"))?
+            .to_vec();
+        let nq = r.u32().ok_or(Error::BadSnapshot("malformed bytes"))? as usize;
+        let mut queues = Vec::new();
+        for _ in 0..nq {
+            let mut q = QueueState::default();
+            let h = (|| {
+                q.max_size = r.u16()?;
+                q.next_avail = r.u16()?;
+                q.next_used = r.u16()?;
+                q.size = r.u16()?;
+                q.event_idx_enabled = r.take(1)?[0] != 0;
+                q.ready = r.take(1)?[0] != 0;
+                q.desc_table = r.u64()?;
+                q.avail_ring = r.u64()?;
+                q.used_ring = r.u64()?;
+                Some(())
+            })();
+            if h.is_none() {
+                return Err(bad);
+            }
+            queues.push(q);
+        }
+        if !r.0.is_empty() {
+            return Err(bad);
+        }
+        Ok(FsSnapshot {
+            acked_features,
+            config,
+            queues,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2)?.try_into().ok().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)?.try_into().ok().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)?.try_into().ok().map(u64::from_le_bytes)
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        let backend = self.conn.as_ref().map_or(0, |c| c.backend_features());
+        frontend::VIRTIO_F_VERSION_1
+            | (backend & (VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC))
+    }
+
+    fn ack_features(&mut self, value: u64) {
+        let offered = self.features();
+        if value & !offered != 0 {
+            log::warn!(
+                "{}: driver acked unoffered features {:#x}",
+                self.session_cfg.name,
+                value & !offered
+            );
+        }
+        self.acked_features |= value & offered;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        transport::read_config(vm_memory::ByteValued::as_slice(&self.config), offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::warn!(
+            "{}: guest wrote {} bytes of read-only config at {offset:#x}",
+            self.session_cfg.name,
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActivateQueue>,
+    ) -> Result<()> {
+        if queues.len() != self.queue_sizes.len() {
+            return Err(Error::QueueCount {
+                got: queues.len(),
+                expected: self.queue_sizes.len(),
+            });
+        }
+        let io = match &self.io {
+            Some(io) => io.clone(),
+            None => {
+                let io = Arc::new(IoSpace::with_guest_memory(mem.clone()));
+                if let (Some(w), Some(gpa)) = (&self.window, self.window_gpa) {
+                    io.add_window(gpa, w.clone()).map_err(Error::Io)?;
+                }
+                io
+            }
+        };
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queues,
+            io,
+        });
+        if let Err(e) = self.start_session(false) {
+            self.active = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Option<Arc<dyn VirtioInterrupt>> {
+        self.drop_mappings();
+        if let Some(session) = self.session.take() {
+            match session.reset() {
+                Ok(conn) => self.conn = Some(conn),
+                Err(e) => log::warn!("{}: backend reset: {e}", self.session_cfg.name),
+            }
+        }
+        self.acked_features = 0;
+        self.active.take().map(|a| a.interrupt)
+    }
+
+    fn shm_regions(&self) -> Vec<SharedMemoryRegion> {
+        self.window
+            .iter()
+            .map(|w| SharedMemoryRegion {
+                id: VIRTIO_FS_SHMCAP_ID_CACHE,
+                gpa: self.window_gpa,
+                len: w.size(),
+                host_addr: w.host_addr(),
+            })
+            .collect()
+    }
+
+    fn set_shm_base(&mut self, id: u8, gpa: u64) -> Result<()> {
+        let bad = Error::ShmBase { id, gpa };
+        if id != VIRTIO_FS_SHMCAP_ID_CACHE || gpa % (2 << 20) != 0 {
+            return Err(bad);
+        }
+        let new = self.region(gpa).ok_or(Error::ShmBase { id, gpa })?;
+        if self.window_gpa == Some(gpa) {
+            return Ok(());
+        }
+        if let Some(mm) = &self.memory {
+            if let Some(old) = self.window_gpa.and_then(|g| self.region(g)) {
+                mm.unregister_window(&old).map_err(|source| Error::Memory {
+                    gpa: old.gpa,
+                    source,
+                })?;
+            }
+            mm.register_window(&new)
+                .map_err(|source| Error::Memory { gpa, source })?;
+        }
+        if let Some(io) = self.active.as_ref().map(|a| &a.io).or(self.io.as_ref()) {
+            if let Some(old) = self.window_gpa {
+                io.remove_window(old);
+            }
+            io.add_window(gpa, self.window.clone().ok_or(bad)?)
+                .map_err(Error::Io)?;
+        }
+        self.window_gpa = Some(gpa);
+        Ok(())
+    }
+
+    fn userspace_mappings(&self) -> Vec<UserspaceMapping> {
+        match (&self.window, self.window_gpa) {
+            (Some(w), Some(gpa)) => vec![UserspaceMapping {
+                host_addr: w.host_addr(),
+                gpa,
+                len: w.size(),
+            }],
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        // Stop the backend first, then take the window out of the VMM (memory slot first), and
+        // only then may the window's reservation be unmapped (when its last Arc goes).
+        self.reset();
+        if let (Some(mm), Some(region)) =
+            (&self.memory, self.window_gpa.and_then(|g| self.region(g)))
+        {
+            if let Err(e) = mm.unregister_window(&region) {
+                log::warn!("{}: unregistering the window: {e}", self.session_cfg.name);
+            }
+        }
+        if let (Some(io), Some(gpa)) = (&self.io, self.window_gpa) {
+            io.remove_window(gpa);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::FakeMemoryManager;
+
+    fn builder() -> FsBuilder {
+        Fs::builder("myfs").socket_path("/nonexistent/vfs.sock")
+    }
+
+    #[test]
+    fn bad_configuration_is_a_typed_error() {
+        let err = |b: FsBuilder| b.build().unwrap_err();
+        assert!(matches!(err(Fs::builder("")), Error::Config(_)));
+        assert!(matches!(err(Fs::builder("x".repeat(37))), Error::Config(_)));
+        assert!(matches!(err(builder().request_queues(0)), Error::Config(_)));
+        assert!(matches!(
+            err(builder().request_queues(65)),
+            Error::TooManyQueues(65)
+        ));
+        for size in [0, 3, 1000] {
+            assert!(matches!(
+                err(builder().queue_size(size)),
+                Error::QueueSize(_)
+            ));
+        }
+        assert!(matches!(err(Fs::builder("myfs")), Error::NoSocket));
+        assert!(matches!(
+            err(builder().window_size(3 << 20)),
+            Error::Window(_)
+        ));
+        let fs = builder().request_queues(2).queue_size(256).build().unwrap();
+        assert_eq!(fs.queue_max_sizes(), &[256, 256, 256]);
+        assert_eq!(fs.device_type(), 26);
+        assert!(fs.shm_regions().is_empty());
+        assert!(Fs::builder("x".repeat(36)).socket_path("s").build().is_ok());
+    }
+
+    #[test]
+    fn features_and_config() {
+        let mut fs = builder().request_queues(3).build().unwrap();
+        // Not connected: only VERSION_1 is offered, and only offered bits are kept.
+        assert_eq!(fs.features(), frontend::VIRTIO_F_VERSION_1);
+        fs.ack_features(u64::MAX);
+        assert_eq!(fs.acked_features, frontend::VIRTIO_F_VERSION_1);
+        let mut tag = [0xffu8; 40];
+        fs.read_config(0, &mut tag);
+        assert_eq!(&tag[..4], b"myfs");
+        assert!(tag[4..36].iter().all(|&b| b == 0));
+        assert_eq!(&tag[36..], &3u32.to_le_bytes());
+        let mut past = [0xffu8; 4];
+        fs.read_config(u64::MAX - 1, &mut past);
+        assert_eq!(past, [0; 4]);
+        fs.write_config(0, b"evil");
+        fs.read_config(0, &mut past);
+        assert_eq!(&past, b"myfs");
+        // Activation needs the backend; with none, a typed error and no activation.
+        let queues = Vec::new();
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::from_ranges(&[]).unwrap_or_default());
+        struct Nop;
+        impl VirtioInterrupt for Nop {
+            fn trigger(&self, _: VirtioInterruptType) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let err = fs.activate(mem, Arc::new(Nop), queues).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::QueueCount {
+                got: 0,
+                expected: 4
+            }
+        ));
+        assert!(matches!(fs.reconnect(), Err(Error::NotActivated)));
+    }
+
+    #[test]
+    fn window_registration_follows_the_bar() {
+        let mm = Arc::new(FakeMemoryManager::new());
+        let io = Arc::new(IoSpace::new());
+        let mut fs = builder()
+            .window_size(8 << 20)
+            .memory_manager(mm.clone())
+            .io_space(io.clone())
+            .build()
+            .unwrap();
+        let region = fs.shm_regions()[0];
+        assert_eq!((region.id, region.gpa, region.len), (0, None, 8 << 20));
+        assert!(fs.userspace_mappings().is_empty());
+        assert!(matches!(
+            fs.set_shm_base(1, 1 << 32),
+            Err(Error::ShmBase { .. })
+        ));
+        assert!(matches!(
+            fs.set_shm_base(0, (1 << 32) + 4096),
+            Err(Error::ShmBase { .. })
+        ));
+        fs.set_shm_base(0, 1 << 32).unwrap();
+        let host = fs.window().unwrap().host_addr();
+        let at = |gpa| WindowRegion {
+            gpa,
+            host_addr: host,
+            size: 8 << 20,
+        };
+        assert_eq!(mm.live(), vec![at(1 << 32)]);
+        assert_eq!(fs.userspace_mappings()[0].gpa, 1 << 32);
+        // BAR move: unregister the old, register the new; the IO space follows.
+        fs.set_shm_base(0, 1 << 33).unwrap();
+        assert_eq!(mm.live(), vec![at(1 << 33)]);
+        assert!(io.remove_window(1 << 32).is_none());
+        // A refusal by the VMM is a typed error and changes nothing.
+        mm.fail_next();
+        assert!(matches!(
+            fs.set_shm_base(0, 1 << 34),
+            Err(Error::Memory { .. })
+        ));
+        assert_eq!(fs.shm_regions()[0].gpa, Some(1 << 33));
+        // Drop: the slot goes before the window.
+        let window = Arc::downgrade(fs.window().unwrap());
+        drop(fs);
+        assert!(mm.live().is_empty());
+        assert_eq!(mm.log().last(), Some(&(false, at(1 << 33))));
+        assert!(
+            window.upgrade().is_none(),
+            "the window is gone after the slot"
+        );
+        assert!(io.remove_window(1 << 33).is_none());
+    }
+
+    #[test]
+    fn snapshot_refused_while_mapped_and_round_trips() {
+        let fs = builder().window_size(2 << 20).build().unwrap();
+        let snap = fs.snapshot().unwrap();
+        assert_eq!(FsSnapshot::from_bytes(&snap.to_bytes()).unwrap(), snap);
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(2 << 20).unwrap();
+        let entry = crate::protocol::MapEntry {
+            offset: 0,
+            fd_offset: 0,
+            len: 2 << 20,
+            access: crate::protocol::Access::ReadOnly,
+        };
+        fs.window()
+            .unwrap()
+            .map(&[entry], &file, window::Policy::STANDARD)
+            .unwrap();
+        assert!(matches!(
+            fs.snapshot(),
+            Err(Error::SnapshotWithMappings { live: 1 })
+        ));
+        fs.window().unwrap().unmap_all().unwrap();
+        assert!(fs.snapshot().is_ok());
+
+        let mut with_queue = snap.clone();
+        with_queue.queues.push(QueueState {
+            max_size: 256,
+            size: 128,
+            ready: true,
+            desc_table: 0x1000,
+            ..Default::default()
+        });
+        let bytes = with_queue.to_bytes();
+        assert_eq!(FsSnapshot::from_bytes(&bytes).unwrap(), with_queue);
+        for cut in 0..bytes.len() {
+            assert!(FsSnapshot::from_bytes(&bytes[..cut]).is_err());
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(FsSnapshot::from_bytes(&longer).is_err());
+
+        let mut other = builder().build().unwrap();
+        assert!(other.restore(&snap).is_ok());
+        let mut wrong = snap.clone();
+        wrong.config[0] = b'X';
+        assert!(matches!(other.restore(&wrong), Err(Error::BadSnapshot(_))));
+    }
+}

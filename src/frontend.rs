@@ -1,0 +1,525 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The vhost-user session with the backend (vhost 0.18 `Frontend`): connect with bounded retry,
+//! feature and protocol-feature negotiation, memory table, vrings, and the backend channel.
+//!
+//! Order of a session, as [`Session::start`] runs it: `SET_OWNER`, `GET_FEATURES`,
+//! `GET_PROTOCOL_FEATURES`, `SET_PROTOCOL_FEATURES`, (`GET_QUEUE_NUM` when MQ), `SET_FEATURES`,
+//! `SET_MEM_TABLE` (guest RAM only, never the DAX window), per queue `SET_VRING_NUM`,
+//! `SET_VRING_ADDR`, `SET_VRING_BASE`, `SET_VRING_CALL`, `SET_VRING_KICK`, `SET_VRING_ENABLE`,
+//! and last `SET_BACKEND_REQ_FD` with the backend's end of a fresh backend channel.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::channel::{BackendChannel, ChannelThread};
+use crate::io::IoSpace;
+use crate::protocol::Dialect;
+use crate::window::DaxWindow;
+
+/// `VIRTIO_F_VERSION_1`.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// `VHOST_USER_F_PROTOCOL_FEATURES`: the backend speaks protocol features (never offered to the
+/// guest).
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// Errors of the vhost-user session. Each step has its own variant and keeps its source.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Connecting to the backend socket failed after every retry.
+    #[error("connecting to {path} failed after {attempts} attempts")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    /// `SET_OWNER` failed.
+    #[error("SET_OWNER failed")]
+    SetOwner(#[source] vhost::Error),
+    /// `GET_FEATURES` failed.
+    #[error("GET_FEATURES failed")]
+    GetFeatures(#[source] vhost::Error),
+    /// `SET_FEATURES` failed.
+    #[error("SET_FEATURES failed")]
+    SetFeatures(#[source] vhost::Error),
+    /// The backend does not offer `VHOST_USER_F_PROTOCOL_FEATURES`.
+    #[error("the backend offers no protocol features (features {features:#x})")]
+    NoProtocolFeatures {
+        /// What the backend offered.
+        features: u64,
+    },
+    /// `GET_PROTOCOL_FEATURES` failed.
+    #[error("GET_PROTOCOL_FEATURES failed")]
+    GetProtocolFeatures(#[source] vhost::Error),
+    /// `SET_PROTOCOL_FEATURES` failed.
+    #[error("SET_PROTOCOL_FEATURES failed")]
+    SetProtocolFeatures(#[source] vhost::Error),
+    /// The backend supports fewer queues than the device needs.
+    #[error("the backend supports {supported} queues, the device needs {needed}")]
+    QueueNum {
+        /// Queues the backend supports.
+        supported: u64,
+        /// Queues the device needs.
+        needed: usize,
+    },
+    /// `GET_QUEUE_NUM` failed.
+    #[error("GET_QUEUE_NUM failed")]
+    GetQueueNum(#[source] vhost::Error),
+    /// The backend lacks protocol features the DAX dialect needs, and DAX is required.
+    #[error(
+        "the backend lacks protocol features {missing:?} needed for DAX ({dialect:?} dialect)"
+    )]
+    DaxUnsupported {
+        /// Missing features.
+        missing: VhostUserProtocolFeatures,
+        /// Dialect configured.
+        dialect: Dialect,
+    },
+    /// A guest memory region is not backed by a file descriptor, so the backend cannot map it.
+    #[error("guest memory at {gpa:#x} is not backed by a shareable file")]
+    MemoryNotShareable {
+        /// Guest physical address of the region.
+        gpa: u64,
+    },
+    /// `SET_MEM_TABLE` failed.
+    #[error("SET_MEM_TABLE failed")]
+    SetMemTable(#[source] vhost::Error),
+    /// A queue address is not in guest memory.
+    #[error("queue {index}: address {gpa:#x} is not in guest memory")]
+    QueueAddress {
+        /// Queue index.
+        index: usize,
+        /// The address.
+        gpa: u64,
+    },
+    /// Setting up vring `index` failed at `step`.
+    #[error("queue {index}: {step} failed")]
+    Vring {
+        /// Queue index.
+        index: usize,
+        /// The request that failed.
+        step: &'static str,
+        /// The error.
+        #[source]
+        source: vhost::Error,
+    },
+    /// Creating the backend channel failed.
+    #[error("creating the backend channel failed")]
+    BackendChannel(#[source] io::Error),
+    /// Starting the backend channel thread failed.
+    #[error("starting the backend channel thread failed")]
+    ChannelThread(#[source] crate::channel::Error),
+    /// `SET_BACKEND_REQ_FD` failed.
+    #[error("SET_BACKEND_REQ_FD failed")]
+    SetBackendReqFd(#[source] vhost::Error),
+    /// `RESET_DEVICE` failed.
+    #[error("RESET_DEVICE failed")]
+    ResetDevice(#[source] vhost::Error),
+}
+
+/// Result of session operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What to do when the backend cannot serve the DAX window in the configured dialect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DaxFallback {
+    /// Fail activation with [`Error::DaxUnsupported`].
+    #[default]
+    Fail,
+    /// Go on without DAX: no backend channel, the window stays empty.
+    Disable,
+}
+
+/// How to reach the backend and what to ask of it.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// The backend's vhost-user socket.
+    pub socket_path: PathBuf,
+    /// Connection attempts before giving up (the socket may not exist yet).
+    pub connect_attempts: u32,
+    /// Pause between attempts.
+    pub connect_interval: Duration,
+    /// Dialect of the backend channel, when the device has a window.
+    pub dialect: Dialect,
+    /// Whether the device has a DAX window.
+    pub dax: bool,
+    /// What to do when the backend cannot serve the window.
+    pub dax_fallback: DaxFallback,
+    /// Standard dialect: exact-range replace policy.
+    pub replace_exact: bool,
+    /// Log prefix.
+    pub name: String,
+}
+
+/// Protocol features this crate asks for when the backend offers them. `SHMEM` is added when the
+/// device has a window and speaks the standard dialect.
+pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::BACKEND_SEND_FD
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::RESET_DEVICE
+}
+
+/// Protocol features the DAX window needs in `dialect`.
+pub fn dax_protocol_features(dialect: Dialect) -> VhostUserProtocolFeatures {
+    let base = VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::BACKEND_SEND_FD
+        | VhostUserProtocolFeatures::REPLY_ACK;
+    match dialect {
+        Dialect::Standard => base | VhostUserProtocolFeatures::SHMEM,
+        // The legacy dialect has no feature bit of its own.
+        Dialect::Legacy => base,
+    }
+}
+
+/// What was agreed with the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Virtio features the backend offered (before acking).
+    pub backend_features: u64,
+    /// Protocol features the backend offered.
+    pub backend_protocol: VhostUserProtocolFeatures,
+    /// Protocol features acked.
+    pub protocol: VhostUserProtocolFeatures,
+    /// Whether the backend channel serves the DAX window.
+    pub dax: bool,
+}
+
+/// One queue as the session hands it to the backend.
+#[derive(Debug)]
+pub struct VringSetup<'a> {
+    /// Queue index.
+    pub index: usize,
+    /// Queue size the driver chose.
+    pub size: u16,
+    /// Descriptor table (guest physical).
+    pub desc_table: u64,
+    /// Available ring (guest physical).
+    pub avail_ring: u64,
+    /// Used ring (guest physical).
+    pub used_ring: u64,
+    /// Where the backend starts in the available ring.
+    pub base: u16,
+    /// Eventfd the guest kicks.
+    pub kick: &'a EventFd,
+    /// Eventfd the backend signals (the VMM's interrupt).
+    pub call: &'a EventFd,
+}
+
+/// A connected backend: `SET_OWNER` done, virtio features known. virtiofsd serves one
+/// connection and exits when it closes, so the connection made to learn the features is the
+/// one the session then uses.
+pub struct Connection {
+    frontend: Frontend,
+    backend_features: u64,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("backend_features", &self.backend_features)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Connects (with the configured bounded retry), sends `SET_OWNER` and reads the backend's
+    /// virtio features.
+    pub fn open(cfg: &SessionConfig, max_queues: u64) -> Result<Connection> {
+        let frontend = connect(cfg, max_queues)?;
+        frontend.set_owner().map_err(Error::SetOwner)?;
+        let backend_features = frontend.get_features().map_err(Error::GetFeatures)?;
+        Ok(Connection {
+            frontend,
+            backend_features,
+        })
+    }
+
+    /// The virtio features the backend offers.
+    pub fn backend_features(&self) -> u64 {
+        self.backend_features
+    }
+}
+
+/// A live vhost-user session.
+#[derive(Debug)]
+pub struct Session {
+    conn: Connection,
+    negotiated: Negotiated,
+    channel: Option<ChannelThread>,
+}
+
+fn connect(cfg: &SessionConfig, max_queues: u64) -> Result<Frontend> {
+    let attempts = cfg.connect_attempts.max(1);
+    let mut n = 0;
+    loop {
+        n += 1;
+        match Frontend::connect(&cfg.socket_path, max_queues) {
+            Ok(f) => return Ok(f),
+            Err(vhost::Error::VhostUserProtocol(source)) if n >= attempts => {
+                return Err(Error::Connect {
+                    path: cfg.socket_path.clone(),
+                    attempts: n,
+                    source,
+                })
+            }
+            Err(vhost::Error::VhostUserProtocol(_)) => thread::sleep(cfg.connect_interval),
+            Err(other) => {
+                return Err(Error::Connect {
+                    path: cfg.socket_path.clone(),
+                    attempts: n,
+                    source: vhost::vhost_user::Error::SocketConnect(io::Error::other(
+                        other.to_string(),
+                    )),
+                })
+            }
+        }
+    }
+}
+
+/// The memory table: every guest RAM region, which must be file backed. The DAX window is not
+/// guest RAM in this sense and is never passed here.
+pub fn mem_table(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionInfo>> {
+    mem.iter()
+        .map(|r| {
+            VhostUserMemoryRegionInfo::from_guest_region(r).map_err(|_| Error::MemoryNotShareable {
+                gpa: r.start_addr().raw_value(),
+            })
+        })
+        .collect()
+}
+
+fn host_addr(mem: &GuestMemoryMmap, index: usize, gpa: u64) -> Result<u64> {
+    mem.get_host_address(vm_memory::GuestAddress(gpa))
+        .map(|p| p as u64)
+        .map_err(|_| Error::QueueAddress { index, gpa })
+}
+
+impl Session {
+    /// Runs the session setup on `conn`. `acked` are the virtio features the driver acked
+    /// (without `VHOST_USER_F_PROTOCOL_FEATURES`). The backend channel, when DAX is on, serves
+    /// `window` in the configured dialect with `io` for FS_IO.
+    pub fn start(
+        conn: Connection,
+        cfg: &SessionConfig,
+        acked: u64,
+        mem: &GuestMemoryMmap,
+        vrings: &[VringSetup<'_>],
+        window: Option<&Arc<DaxWindow>>,
+        io: &Arc<IoSpace>,
+    ) -> Result<Session> {
+        let Connection {
+            mut frontend,
+            backend_features,
+        } = conn;
+        if backend_features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
+            return Err(Error::NoProtocolFeatures {
+                features: backend_features,
+            });
+        }
+        let backend_protocol = frontend
+            .get_protocol_features()
+            .map_err(Error::GetProtocolFeatures)?;
+        let dax_wanted = cfg.dax && window.is_some();
+        let mut wanted = wanted_protocol_features();
+        if dax_wanted {
+            wanted |= dax_protocol_features(cfg.dialect);
+        }
+        let missing = if dax_wanted {
+            dax_protocol_features(cfg.dialect) - backend_protocol
+        } else {
+            VhostUserProtocolFeatures::empty()
+        };
+        let dax = dax_wanted && missing.is_empty();
+        if dax_wanted && !dax {
+            match cfg.dax_fallback {
+                DaxFallback::Fail => {
+                    return Err(Error::DaxUnsupported {
+                        missing,
+                        dialect: cfg.dialect,
+                    })
+                }
+                DaxFallback::Disable => {
+                    log::warn!("{}: backend lacks {missing:?}: DAX disabled", cfg.name)
+                }
+            }
+        }
+        if !dax {
+            wanted -= VhostUserProtocolFeatures::SHMEM;
+        }
+        let protocol = backend_protocol & wanted;
+        frontend
+            .set_protocol_features(protocol)
+            .map_err(Error::SetProtocolFeatures)?;
+        if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            let supported = frontend.get_queue_num().map_err(Error::GetQueueNum)?;
+            if supported < vrings.len() as u64 {
+                return Err(Error::QueueNum {
+                    supported,
+                    needed: vrings.len(),
+                });
+            }
+        }
+        let features = (acked & backend_features) | VHOST_USER_F_PROTOCOL_FEATURES;
+        frontend
+            .set_features(features)
+            .map_err(Error::SetFeatures)?;
+        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            frontend.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
+        }
+        frontend
+            .set_mem_table(&mem_table(mem)?)
+            .map_err(Error::SetMemTable)?;
+        for v in vrings {
+            setup_vring(&mut frontend, mem, v)?;
+        }
+        let channel = if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            let (ours, theirs) = UnixStream::pair().map_err(Error::BackendChannel)?;
+            let mut builder = BackendChannel::builder(ours)
+                .dialect(cfg.dialect)
+                .replace_exact(cfg.replace_exact)
+                .io_space(io.clone())
+                .name(cfg.name.clone());
+            if let (true, Some(w)) = (dax, window) {
+                builder = builder.window(w.clone());
+            }
+            let thread = builder.build().spawn().map_err(Error::ChannelThread)?;
+            frontend
+                .set_backend_request_fd(&theirs)
+                .map_err(Error::SetBackendReqFd)?;
+            Some(thread)
+        } else {
+            None
+        };
+        Ok(Session {
+            conn: Connection {
+                frontend,
+                backend_features,
+            },
+            negotiated: Negotiated {
+                backend_features,
+                backend_protocol,
+                protocol,
+                dax,
+            },
+            channel,
+        })
+    }
+
+    /// What was agreed.
+    pub fn negotiated(&self) -> Negotiated {
+        self.negotiated
+    }
+
+    /// Whether the backend channel thread has ended (the backend closed it or died). Its
+    /// mappings were dropped when it ended.
+    pub fn channel_finished(&self) -> bool {
+        self.channel.as_ref().is_some_and(|c| c.is_finished())
+    }
+
+    /// The vhost-user `Frontend`, for requests this crate does not make.
+    pub fn frontend(&mut self) -> &mut Frontend {
+        &mut self.conn.frontend
+    }
+
+    /// Reads `buf.len()` bytes of the backend's device config at `offset` (needs CONFIG).
+    pub fn get_config(&mut self, offset: u32, buf: &mut [u8]) -> Option<()> {
+        if !self
+            .negotiated
+            .protocol
+            .contains(VhostUserProtocolFeatures::CONFIG)
+        {
+            return None;
+        }
+        let zeros = vec![0u8; buf.len()];
+        let (_, data) = self
+            .conn
+            .frontend
+            .get_config(
+                offset,
+                buf.len() as u32,
+                vhost::vhost_user::message::VhostUserConfigFlags::WRITABLE,
+                &zeros,
+            )
+            .ok()?;
+        buf.copy_from_slice(data.get(..buf.len())?);
+        Some(())
+    }
+
+    /// Ends the session: stops the backend channel thread and, when negotiated, asks the backend
+    /// to reset (`RESET_DEVICE`). Returns the connection for the next activation. The caller
+    /// drops the window's mappings.
+    pub fn reset(mut self) -> Result<Connection> {
+        if let Some(c) = self.channel.take() {
+            // The thread either stops on request or already ended with the backend; both fine.
+            let _ = c.stop();
+        }
+        if self
+            .negotiated
+            .protocol
+            .contains(VhostUserProtocolFeatures::RESET_DEVICE)
+        {
+            self.conn
+                .frontend
+                .reset_device()
+                .map_err(Error::ResetDevice)?;
+        }
+        Ok(self.conn)
+    }
+}
+
+fn setup_vring(frontend: &mut Frontend, mem: &GuestMemoryMmap, v: &VringSetup<'_>) -> Result<()> {
+    let i = v.index;
+    let step = |step: &'static str| {
+        move |source| Error::Vring {
+            index: i,
+            step,
+            source,
+        }
+    };
+    frontend
+        .set_vring_num(i, v.size)
+        .map_err(step("SET_VRING_NUM"))?;
+    let addr = VringConfigData {
+        queue_max_size: v.size,
+        queue_size: v.size,
+        flags: 0,
+        desc_table_addr: host_addr(mem, i, v.desc_table)?,
+        used_ring_addr: host_addr(mem, i, v.used_ring)?,
+        avail_ring_addr: host_addr(mem, i, v.avail_ring)?,
+        log_addr: None,
+    };
+    frontend
+        .set_vring_addr(i, &addr)
+        .map_err(step("SET_VRING_ADDR"))?;
+    frontend
+        .set_vring_base(i, v.base)
+        .map_err(step("SET_VRING_BASE"))?;
+    frontend
+        .set_vring_call(i, v.call)
+        .map_err(step("SET_VRING_CALL"))?;
+    frontend
+        .set_vring_kick(i, v.kick)
+        .map_err(step("SET_VRING_KICK"))?;
+    frontend
+        .set_vring_enable(i, true)
+        .map_err(step("SET_VRING_ENABLE"))?;
+    Ok(())
+}
