@@ -21,6 +21,17 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 rustup component list --installed | grep -q '^llvm-tools' || rustup component add llvm-tools
 cargo llvm-cov --version >/dev/null 2>&1 || cargo install cargo-llvm-cov --locked
 cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+# virtiofsd, the real backend the device tests run against (tests/virtiofsd.rs finds it here).
+TOOLS=${VIRTIO_FS_DAX_TOOLS:-$HOME/.local/virtio-fs-dax}
+if [ ! -x "$TOOLS/bin/virtiofsd" ]; then
+    if command -v apt-get >/dev/null; then
+        apt-get update -qq
+        apt-get install -y -qq libseccomp-dev libcap-ng-dev
+    fi
+    cargo install --locked virtiofsd@1.14.0 --root "$TOOLS"
+fi
+export VIRTIOFSD="$TOOLS/bin/virtiofsd"
+"$VIRTIOFSD" --version
 
 step "fmt"
 cargo fmt --all -- --check

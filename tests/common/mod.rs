@@ -252,3 +252,52 @@ impl Harness {
 pub fn as_fds(files: &[&File]) -> Vec<RawFd> {
     files.iter().map(|f| f.as_raw_fd()).collect()
 }
+
+/// Guest RAM backed by a memfd (the vhost-user memory table needs file-backed memory).
+pub fn guest_memory(size: usize) -> vm_memory::GuestMemoryMmap {
+    let (file, _) = memfd(0, |_| 0);
+    file.set_len(size as u64).unwrap();
+    vm_memory::GuestMemoryMmap::from_ranges_with_files([(
+        vm_memory::GuestAddress(0),
+        size,
+        Some(vm_memory::FileOffset::new(file, 0)),
+    )])
+    .unwrap()
+}
+
+/// `n` queues of `size` descriptors laid out one after the other in guest RAM from 1 MiB on,
+/// ready, with fresh kick and call eventfds.
+pub fn activate_queues(n: usize, size: u16) -> Vec<virtio_fs_dax::device::ActivateQueue> {
+    use virtio_queue::{Queue, QueueT};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    (0..n)
+        .map(|index| {
+            let base = (1 << 20) + index as u64 * 0x10_0000;
+            let mut queue = Queue::new(size).unwrap();
+            queue.set_size(size);
+            queue.set_desc_table_address(Some(base as u32), Some((base >> 32) as u32));
+            let avail = base + 16 * u64::from(size);
+            queue.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
+            let used = (avail + 6 + 2 * u64::from(size)).next_multiple_of(4);
+            queue.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+            queue.set_ready(true);
+            virtio_fs_dax::device::ActivateQueue {
+                index,
+                queue,
+                kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+                call: EventFd::new(EFD_NONBLOCK).unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// An interrupt that counts what it is asked to raise.
+#[derive(Default)]
+pub struct CountingInterrupt(pub std::sync::atomic::AtomicUsize);
+
+impl virtio_fs_dax::device::VirtioInterrupt for CountingInterrupt {
+    fn trigger(&self, _: virtio_fs_dax::device::VirtioInterruptType) -> std::io::Result<()> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}

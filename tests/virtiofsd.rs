@@ -1,0 +1,199 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The device against a real virtiofsd process: handshake, protocol features, memory table,
+//! vrings, backend channel, then kill -9, restart and reconnect.
+//!
+//! virtiofsd is found through `$VIRTIOFSD`, then `~/.local/virtio-fs-dax/bin/virtiofsd` (where
+//! `scripts/test.sh` installs it), then `PATH`. Without it these tests fail and say how to get it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
+use vm_memory::GuestMemoryAtomic;
+
+use common::*;
+use virtio_fs_dax::device::VirtioDevice;
+use virtio_fs_dax::frontend::{DaxFallback, VIRTIO_F_VERSION_1};
+use virtio_fs_dax::Fs;
+
+fn virtiofsd() -> PathBuf {
+    let candidates = std::env::var_os("VIRTIOFSD")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".local/virtio-fs-dax/bin/virtiofsd")),
+        )
+        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("virtiofsd"))
+                .collect::<Vec<_>>()
+        }));
+    for c in candidates {
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!(
+        "virtiofsd not found: run scripts/test.sh, which installs it, or \
+         `apt-get install -y libseccomp-dev libcap-ng-dev && \
+         cargo install --locked virtiofsd@1.14.0 --root ~/.local/virtio-fs-dax`, \
+         or point $VIRTIOFSD at a virtiofsd binary"
+    );
+}
+
+struct Virtiofsd {
+    child: Child,
+}
+
+impl Virtiofsd {
+    fn start(socket: &Path, shared: &Path) -> Self {
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new(virtiofsd())
+            .arg("--socket-path")
+            .arg(socket)
+            .arg("--shared-dir")
+            .arg(shared)
+            .args(["--sandbox", "none", "--log-level", "error"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting virtiofsd");
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "virtiofsd made no socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Virtiofsd { child }
+    }
+
+    fn kill9(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+        let r = unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        assert_eq!(r, 0);
+        let status = self.child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn handshake_kill9_restart_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello"), b"hello").unwrap();
+    let socket = dir.path().join("vfs.sock");
+    let mut daemon = Virtiofsd::start(&socket, &shared);
+
+    // A window, but virtiofsd has no DAX: with the Disable fallback the device goes on without.
+    let mut fs = Fs::builder("myfs")
+        .socket_path(&socket)
+        .window_size(64 * MIB)
+        .dax_fallback(DaxFallback::Disable)
+        .queue_size(256)
+        .build()
+        .unwrap();
+    fs.connect().unwrap();
+    let offered = fs.features();
+    assert_ne!(offered & VIRTIO_F_VERSION_1, 0);
+    fs.ack_features(offered);
+
+    let mem = GuestMemoryAtomic::new(guest_memory(64 << 20));
+    let irq = Arc::new(CountingInterrupt::default());
+    fs.activate(mem.clone(), irq.clone(), activate_queues(2, 256))
+        .expect("handshake with virtiofsd");
+
+    let n = fs.session().unwrap().negotiated();
+    eprintln!(
+        "virtiofsd offers {:?}; acked {:?}",
+        n.backend_protocol, n.protocol
+    );
+    // What virtiofsd 1.14 offers and what this crate acks of it: the backend channel is set up
+    // (BACKEND_REQ), NEED_REPLY is on (REPLY_ACK), so every request of the mem table and vring
+    // setup above was acknowledged by virtiofsd.
+    let expected = P::MQ | P::REPLY_ACK | P::BACKEND_REQ | P::BACKEND_SEND_FD | P::RESET_DEVICE;
+    assert!(
+        n.backend_protocol.contains(expected),
+        "{:?}",
+        n.backend_protocol
+    );
+    assert_eq!(n.protocol, expected);
+    assert!(
+        !n.backend_protocol.contains(P::SHMEM),
+        "virtiofsd 1.14 has no DAX"
+    );
+    assert!(!n.dax, "DAX disabled by the fallback");
+    assert!(!fs.backend_gone());
+
+    // Kill -9: the device notices through its backend channel and reconnects to a restarted
+    // virtiofsd.
+    daemon.kill9();
+    wait("the backend channel to end", || fs.backend_gone());
+    assert_eq!(fs.window().unwrap().live_mappings(), 0);
+    let _daemon = Virtiofsd::start(&socket, &shared);
+    fs.reconnect()
+        .expect("reconnect to the restarted virtiofsd");
+    let n2 = fs.session().unwrap().negotiated();
+    assert_eq!(n2.protocol, n.protocol, "same negotiation after reconnect");
+    assert!(!fs.backend_gone());
+
+    // Reset keeps the connection for the next activation.
+    assert!(fs.reset().is_some());
+    fs.activate(mem, irq, activate_queues(2, 256))
+        .expect("activate again after reset");
+}
+
+#[test]
+fn dax_required_fails_against_virtiofsd() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let socket = dir.path().join("vfs.sock");
+    let _daemon = Virtiofsd::start(&socket, &shared);
+    let mut fs = Fs::builder("myfs")
+        .socket_path(&socket)
+        .window_size(64 * MIB)
+        .queue_size(256)
+        .build()
+        .unwrap();
+    let err = fs
+        .activate(
+            GuestMemoryAtomic::new(guest_memory(64 << 20)),
+            Arc::new(CountingInterrupt::default()),
+            activate_queues(2, 256),
+        )
+        .unwrap_err();
+    assert!(
+        format!("{:?}", err).contains("DaxUnsupported"),
+        "a clear error when DAX is required: {err:?}"
+    );
+}
