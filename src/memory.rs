@@ -99,7 +99,10 @@ mod fake {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             let end = region.gpa + region.size;
-            if s.live.iter().any(|r| r.gpa < end && region.gpa < r.gpa + r.size) {
+            if s.live
+                .iter()
+                .any(|r| r.gpa < end && region.gpa < r.gpa + r.size)
+            {
                 return Err(io::Error::from_raw_os_error(libc::EEXIST));
             }
             s.live.push(*region);
