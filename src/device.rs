@@ -19,8 +19,9 @@
 //!    BAR move).
 //! 4. On `DRIVER_OK`, [`VirtioDevice::activate`] with the guest memory, the interrupt and the
 //!    queues with their kick and call eventfds. On device reset, [`VirtioDevice::reset`].
-//! 5. Watch [`Fs::backend_gone`] (or the channel's end, see [`Fs::reconnect`]): when the
-//!    backend dies its mappings are already dropped; call [`Fs::reconnect`] once it is back.
+//! 5. Watch [`Fs::backend_fd`] for a hangup and call [`Fs::check_backend`]: when the backend is
+//!    gone its mappings are dropped (the backend channel also drops them by itself the moment a
+//!    killed backend's end closes); call [`Fs::reconnect`] once it is back.
 //!
 //! A VMM with its own device trait implements it by forwarding to these methods: every
 //! [`VirtioDevice`] method is a thin call into `Fs`.
@@ -406,10 +407,27 @@ impl Fs {
         Ok(())
     }
 
-    /// True when the backend channel thread has ended, i.e. the backend closed its end or died.
-    /// The mappings were dropped when that happened.
-    pub fn backend_gone(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| s.channel_finished())
+    /// Checks whether the backend is gone: it hung up the vhost-user socket, or the backend
+    /// channel ended (a killed backend process does both). When it is, the session is torn down
+    /// (the channel thread stopped, so nothing can map any more) and every mapping is dropped;
+    /// then [`Fs::reconnect`] once the backend is back. Call it when [`Fs::backend_fd`] reports a
+    /// hangup, or periodically.
+    pub fn check_backend(&mut self) -> bool {
+        let gone = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.channel_finished() || s.hung_up());
+        if gone {
+            log::warn!("{}: backend gone; mappings dropped", self.session_cfg.name);
+            self.session = None;
+            self.drop_mappings();
+        }
+        gone
+    }
+
+    /// The vhost-user socket of the live session, for a VMM that watches it for a hangup.
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.session.as_ref().map(|s| s.socket_fd())
     }
 
     /// Drops the session with a dead backend and sets up a new one with a (restarted) backend:

@@ -11,6 +11,7 @@
 //! and last `SET_BACKEND_REQ_FD` with the backend's end of a fresh backend channel.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -432,6 +433,23 @@ impl Session {
     /// mappings were dropped when it ended.
     pub fn channel_finished(&self) -> bool {
         self.channel.as_ref().is_some_and(|c| c.is_finished())
+    }
+
+    /// Whether the backend hung up the vhost-user socket (checked without blocking).
+    pub fn hung_up(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.conn.frontend.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd for the duration of the call; timeout 0 never blocks.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
+    }
+
+    /// The vhost-user socket, for a VMM that watches it for `EPOLLHUP`/`EPOLLRDHUP`.
+    pub fn socket_fd(&self) -> RawFd {
+        self.conn.frontend.as_raw_fd()
     }
 
     /// The vhost-user `Frontend`, for requests this crate does not make.

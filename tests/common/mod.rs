@@ -30,10 +30,15 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A memfd of `len` bytes, filled with `fill(page index)` per page, with a unique name.
+/// A memfd of `len` bytes, filled with `fill(page index)` per page, with a unique name that
+/// [`assert_window_sound`] looks for.
 pub fn memfd(len: u64, fill: impl Fn(u64) -> u8) -> (File, String) {
+    memfd_named("vfd-test", len, fill)
+}
+
+fn memfd_named(prefix: &str, len: u64, fill: impl Fn(u64) -> u8) -> (File, String) {
     let name = format!(
-        "vfd-test-{}-{}",
+        "{prefix}-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
@@ -255,7 +260,7 @@ pub fn as_fds(files: &[&File]) -> Vec<RawFd> {
 
 /// Guest RAM backed by a memfd (the vhost-user memory table needs file-backed memory).
 pub fn guest_memory(size: usize) -> vm_memory::GuestMemoryMmap {
-    let (file, _) = memfd(0, |_| 0);
+    let (file, _) = memfd_named("vfd-ram", 0, |_| 0);
     file.set_len(size as u64).unwrap();
     vm_memory::GuestMemoryMmap::from_ranges_with_files([(
         vm_memory::GuestAddress(0),
