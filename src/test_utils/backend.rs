@@ -1,0 +1,971 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! An in-process vhost-user backend that records what the frontend does, for tests.
+//!
+//! A VMM that integrates this crate talks to a real backend (virtiofsd) over the vhost-user
+//! socket. Some of what it must get right cannot be shown with virtiofsd: version 1.14 offers
+//! neither the SHMEM protocol feature (so the standard SHMEM_MAP / SHMEM_UNMAP dialect is never
+//! negotiated) nor CONFIG, and nothing in it tells a test which features were acked, which
+//! memory table was sent or whether the device was reset. [`TestBackendServer`] is a stand-in:
+//!
+//! - it listens on a unix socket path, like virtiofsd's `--socket-path`, and serves one frontend
+//!   connection after the other on a thread of its own;
+//! - it parses requests with vhost's own backend side ([`BackendReqHandler`]), so the wire format
+//!   is vhost's, and answers from a [`TestBackendConfig`] (features, protocol features, queue
+//!   count, device config space);
+//! - it records everything the frontend did ([`TestBackendState`]): acked features, owner, memory
+//!   table, vrings, resets, config writes, the order of requests and the requests it refused;
+//! - once the frontend has sent `SET_BACKEND_REQ_FD`, [`TestBackendServer::backend_channel`]
+//!   gives vhost's [`Backend`] on that channel, so a test can send `shmem_map` / `shmem_unmap` to
+//!   the VMM as a backend would when the guest sets up a DAX mapping;
+//! - [`TestBackendServer::disconnect`] makes the backend die under the frontend, and the next
+//!   connection starts afresh (reconnect tests).
+//!
+//! It moves no data: it never maps guest memory nor touches the virtqueues, and it holds no
+//! kick, call or memory descriptor (it records that they came and closes them).
+//!
+//! # vhost 0.18 behaviour to know about
+//!
+//! - vhost's parser always adds `REPLY_ACK` to the protocol features a backend offers.
+//! - A `GET_*` request whose handler fails gets **no reply** at all (the frontend blocks), so this
+//!   backend answers every `GET_*` it implements.
+//! - `GET_CONFIG` is the exception, and worse: a failure gets a reply without payload, and
+//!   vhost's own `Frontend` then waits for the payload it asked for, forever. So this backend
+//!   never fails it: bytes past the end of [`TestBackendConfig::config`] read as zeros, and the
+//!   read is recorded in [`TestBackendState::errors`].
+//! - A refused `SET_*` request is only visible to the frontend if it asked for a reply
+//!   (`NEED_REPLY`, with `REPLY_ACK` negotiated; vhost's `Frontend` does so only after
+//!   `set_hdr_flags`). It always appears in [`TestBackendState::errors`].
+//! - A request the parser itself refuses before calling the handler (a protocol feature it needs
+//!   not acked, a malformed message) gets no reply, even with `NEED_REPLY`: it is only in
+//!   [`TestBackendState::errors`].
+//! - vhost's `BackendListener` hands its handler to the first connection it accepts and panics on
+//!   a second `accept`: the server makes one per connection.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
+//! use vhost::VhostBackend;
+//! use virtio_fs_dax::test_utils::{TestBackendConfig, TestBackendServer};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("fs.sock");
+//! let server = TestBackendServer::start(&path, TestBackendConfig::default())?;
+//!
+//! // The VMM's side (here vhost's Frontend, driven by hand).
+//! let mut frontend = Frontend::connect(&path, 2)?;
+//! frontend.set_owner()?;
+//! let features = frontend.get_features()?;
+//! frontend.set_features(features)?;
+//! let offered = frontend.get_protocol_features()?;
+//! assert!(offered.contains(VhostUserProtocolFeatures::SHMEM));
+//! frontend.set_protocol_features(offered)?;
+//!
+//! assert!(server.wait_for(
+//!     |s| s.acked_protocol_features == Some(offered),
+//!     Duration::from_secs(5),
+//! ));
+//! assert!(server.state().owner);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::ffi::CStr;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserShMemConfig, VhostUserSharedMsg,
+    VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+    VHOST_USER_MAX_VRINGS,
+};
+use vhost::vhost_user::{
+    Backend, BackendListener, BackendReqHandler, Error as VhostUserError, GpuBackend, Listener,
+    Result as VhostUserResult, VhostUserBackendReqHandlerMut, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
+};
+use vhost::VhostUserMemoryRegionBase;
+
+/// How often the accept loop looks at the stop flag, and [`TestBackendServer::wait_for`] at the
+/// state.
+const POLL: Duration = Duration::from_millis(5);
+
+/// What `GET_MAX_MEM_SLOTS` answers (QEMU's and vhost-user-backend's usual value).
+const MAX_MEM_SLOTS: u64 = 509;
+
+/// Most shared memory regions `GET_SHMEM_CONFIG` can describe.
+const MAX_SHMEM_REGIONS: usize = 256;
+
+/// What the backend offers and answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestBackendConfig {
+    /// Virtio features offered by `GET_FEATURES`. Default: `VIRTIO_F_VERSION_1` and
+    /// `VHOST_USER_F_PROTOCOL_FEATURES`.
+    pub features: u64,
+    /// Protocol features offered by `GET_PROTOCOL_FEATURES`. vhost's parser always adds
+    /// `REPLY_ACK`. Default: `MQ | REPLY_ACK | BACKEND_REQ | BACKEND_SEND_FD | CONFIG |
+    /// RESET_DEVICE | SHMEM`.
+    pub protocol_features: VhostUserProtocolFeatures,
+    /// Number of queues `GET_QUEUE_NUM` answers, and the number of vrings recorded. Default: 2
+    /// (virtio-fs: one hiprio queue and one request queue).
+    pub queue_num: u64,
+    /// The device config space `GET_CONFIG` reads from (offsets are into this buffer). Bytes past
+    /// its end read as zeros, and such a read is recorded as an error (see the module
+    /// documentation for why it is not refused). Default: empty.
+    pub config: Vec<u8>,
+}
+
+impl Default for TestBackendConfig {
+    fn default() -> Self {
+        TestBackendConfig {
+            features: (1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1)
+                | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+            protocol_features: VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::BACKEND_REQ
+                | VhostUserProtocolFeatures::BACKEND_SEND_FD
+                | VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::RESET_DEVICE
+                | VhostUserProtocolFeatures::SHMEM,
+            queue_num: 2,
+            config: Vec::new(),
+        }
+    }
+}
+
+/// One guest memory region the frontend sent (`SET_MEM_TABLE` or `ADD_MEM_REG`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MemRegionRecord {
+    /// Guest physical address.
+    pub guest_phys_addr: u64,
+    /// Size in bytes.
+    pub memory_size: u64,
+    /// The frontend's host virtual address of the region.
+    pub userspace_addr: u64,
+    /// Offset of the region in its file.
+    pub mmap_offset: u64,
+    /// Whether a file descriptor came with the region (vhost's parser refuses a memory table
+    /// whose descriptor count does not match, so this is true for every accepted region).
+    pub has_fd: bool,
+}
+
+impl From<&VhostUserMemoryRegion> for MemRegionRecord {
+    fn from(r: &VhostUserMemoryRegion) -> Self {
+        // The message structs are packed: copy the fields out.
+        let (guest_phys_addr, memory_size, userspace_addr, mmap_offset) =
+            (r.guest_phys_addr, r.memory_size, r.user_addr, r.mmap_offset);
+        MemRegionRecord {
+            guest_phys_addr,
+            memory_size,
+            userspace_addr,
+            mmap_offset,
+            has_fd: false,
+        }
+    }
+}
+
+/// The addresses of one vring (`SET_VRING_ADDR`), as the frontend sent them (host virtual
+/// addresses unless GPA_ADDRESSES was negotiated).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VringAddrRecord {
+    /// Vring address flags (bit 0: log dirty used ring).
+    pub flags: u32,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Used ring.
+    pub used: u64,
+    /// Available ring.
+    pub avail: u64,
+    /// Dirty log address.
+    pub log: u64,
+}
+
+/// What the frontend told the backend about one vring.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VringRecord {
+    /// Queue size (`SET_VRING_NUM`), `None` until sent.
+    pub num: Option<u32>,
+    /// Ring addresses (`SET_VRING_ADDR`), `None` until sent.
+    pub addr: Option<VringAddrRecord>,
+    /// Next available index (`SET_VRING_BASE`); also what `GET_VRING_BASE` answers.
+    pub base: u32,
+    /// Whether the last `SET_VRING_KICK` came with a descriptor (false: none sent, or polling).
+    pub kick: bool,
+    /// Whether the last `SET_VRING_CALL` came with a descriptor.
+    pub call: bool,
+    /// Whether the last `SET_VRING_ERR` came with a descriptor.
+    pub err: bool,
+    /// Whether the last `SET_VRING_ENABLE` enabled the ring (false until one is sent; the
+    /// spec's "enabled from the start without VHOST_USER_F_PROTOCOL_FEATURES" is not modelled).
+    pub enabled: bool,
+    /// Whether the ring is started: a `SET_VRING_KICK` came and no `GET_VRING_BASE` since.
+    pub started: bool,
+}
+
+/// One `SET_CONFIG` request. The config space that `GET_CONFIG` reads is not changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SetConfigCall {
+    /// Offset into the device config space.
+    pub offset: u32,
+    /// Bytes written.
+    pub data: Vec<u8>,
+    /// `VhostUserConfigFlags` bits.
+    pub flags: u32,
+}
+
+/// A snapshot of what the frontend did, from [`TestBackendServer::state`] or
+/// [`TestBackend::state`].
+///
+/// All fields but `connection` and `previous` are per connection: a new connection starts with
+/// them empty, and the ones of earlier connections are kept in `previous`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestBackendState {
+    /// Number of the connection these fields belong to: 1 for the first, 0 before any.
+    pub connection: usize,
+    /// Whether that connection is still being served.
+    pub connected: bool,
+    /// Whether `SET_OWNER` came (and no `RESET_OWNER` since).
+    pub owner: bool,
+    /// Virtio features of the last `SET_FEATURES`.
+    pub acked_features: Option<u64>,
+    /// Protocol features of the last `SET_PROTOCOL_FEATURES` (unknown bits kept).
+    pub acked_protocol_features: Option<VhostUserProtocolFeatures>,
+    /// The memory table: the regions of the last `SET_MEM_TABLE`, with `ADD_MEM_REG` /
+    /// `REM_MEM_REG` applied.
+    pub mem_table: Vec<MemRegionRecord>,
+    /// One record per queue (`TestBackendConfig::queue_num` of them). `RESET_DEVICE` clears
+    /// them.
+    pub vrings: Vec<VringRecord>,
+    /// Number of `RESET_DEVICE` requests.
+    pub reset_device_count: usize,
+    /// Every `SET_CONFIG`, in order.
+    pub set_config_calls: Vec<SetConfigCall>,
+    /// Whether `SET_BACKEND_REQ_FD` came (the backend channel exists).
+    pub backend_channel: bool,
+    /// Every request that reached the handler, in order, by its spec name (`"SET_OWNER"`, ...).
+    /// Requests vhost's parser refused before the handler (say, `GET_QUEUE_NUM` without `MQ`
+    /// acked) are only in `errors`.
+    pub requests: Vec<&'static str>,
+    /// Every refused request or protocol error, as text, in order.
+    pub errors: Vec<String>,
+    /// The per-connection state of every earlier connection, as it ended (their own `previous`
+    /// is empty).
+    pub previous: Vec<TestBackendState>,
+}
+
+impl TestBackendState {
+    /// Whether `SET_PROTOCOL_FEATURES` acked all of `features`.
+    pub fn protocol_acked(&self, features: VhostUserProtocolFeatures) -> bool {
+        self.acked_protocol_features
+            .is_some_and(|acked| acked.contains(features))
+    }
+}
+
+/// The backend's state and request handler: vhost's [`BackendReqHandler`] calls it (through the
+/// blanket `VhostUserBackendReqHandler` impl for `Mutex<T>`) for each request.
+///
+/// [`TestBackendServer`] serves one on a socket path; it can also be served by hand on a
+/// connected socket with `BackendReqHandler::from_stream(sock, Arc::new(Mutex::new(backend)))`.
+pub struct TestBackend {
+    config: TestBackendConfig,
+    state: TestBackendState,
+    channel: Option<Backend>,
+    shmem_sizes: Vec<u64>,
+}
+
+impl fmt::Debug for TestBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestBackend")
+            .field("config", &self.config)
+            .field("state", &self.state)
+            .field("channel", &self.channel.is_some())
+            .field("shmem_sizes", &self.shmem_sizes)
+            .finish()
+    }
+}
+
+impl TestBackend {
+    /// A backend that answers from `config`, with nothing recorded.
+    pub fn new(config: TestBackendConfig) -> Self {
+        let mut backend = TestBackend {
+            config,
+            state: TestBackendState::default(),
+            channel: None,
+            shmem_sizes: Vec::new(),
+        };
+        backend.state.vrings = backend.fresh_vrings();
+        backend
+    }
+
+    /// The configuration it answers from.
+    pub fn config(&self) -> &TestBackendConfig {
+        &self.config
+    }
+
+    /// A snapshot of what was recorded.
+    pub fn state(&self) -> TestBackendState {
+        self.state.clone()
+    }
+
+    /// vhost's [`Backend`] on the backend channel of the current connection, once the frontend
+    /// sent `SET_BACKEND_REQ_FD`. Its `REPLY_ACK` and `SHMEM` flags follow the acked protocol
+    /// features.
+    pub fn backend_channel(&self) -> Option<Backend> {
+        self.channel.clone()
+    }
+
+    /// Sets the region sizes `GET_SHMEM_CONFIG` answers (region ids are the indices; at most
+    /// 256). Default: none (`nregions` 0).
+    pub fn set_shmem_sizes(&mut self, sizes: &[u64]) {
+        self.shmem_sizes = sizes.iter().take(MAX_SHMEM_REGIONS).copied().collect();
+    }
+
+    fn fresh_vrings(&self) -> Vec<VringRecord> {
+        let n = self.config.queue_num.min(VHOST_USER_MAX_VRINGS) as usize;
+        vec![VringRecord::default(); n]
+    }
+
+    /// A new connection: the per-connection state of the last one goes to `previous`.
+    fn begin_connection(&mut self) {
+        let mut previous = std::mem::take(&mut self.state.previous);
+        let connection = self.state.connection;
+        if connection > 0 {
+            previous.push(std::mem::take(&mut self.state));
+        }
+        self.state = TestBackendState {
+            connection: connection + 1,
+            connected: true,
+            vrings: self.fresh_vrings(),
+            previous,
+            ..TestBackendState::default()
+        };
+        self.channel = None;
+    }
+
+    /// The connection ended: its backend channel fails from now on (in every clone).
+    fn end_connection(&mut self) {
+        self.state.connected = false;
+        if let Some(channel) = self.channel.take() {
+            channel.set_failed(libc::ECONNRESET);
+        }
+    }
+
+    fn record_error(&mut self, error: &VhostUserError) {
+        self.state.errors.push(error.to_string());
+    }
+
+    /// Records a refusal that vhost's parser answers but does not return to the server loop.
+    fn refuse(&mut self, error: VhostUserError) -> VhostUserError {
+        self.record_error(&error);
+        error
+    }
+
+    fn request(&mut self, name: &'static str) {
+        debug!("test backend: {name}");
+        self.state.requests.push(name);
+    }
+
+    fn vring(&mut self, index: u32) -> VhostUserResult<&mut VringRecord> {
+        self.state
+            .vrings
+            .get_mut(index as usize)
+            .ok_or(VhostUserError::InvalidParam)
+    }
+
+    /// Protocol features this backend offers, as vhost's parser sends them.
+    fn offered_protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.config.protocol_features | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn acked(&self, feature: VhostUserProtocolFeatures) -> bool {
+        self.state.protocol_acked(feature)
+    }
+
+    fn apply_channel_flags(&self) {
+        if let Some(channel) = &self.channel {
+            channel.set_reply_ack_flag(self.acked(VhostUserProtocolFeatures::REPLY_ACK));
+            channel.set_shmem_flag(self.acked(VhostUserProtocolFeatures::SHMEM));
+            channel.set_shared_object_flag(self.acked(VhostUserProtocolFeatures::SHARED_OBJECT));
+        }
+    }
+}
+
+/// The error for requests this backend does not implement.
+fn unsupported() -> VhostUserError {
+    VhostUserError::ReqHandlerError(io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+/// An empty memfd of `len` bytes.
+fn memfd(name: &CStr, len: u64) -> io::Result<File> {
+    // SAFETY: memfd_create reads a valid NUL-terminated string and returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(len)?;
+    Ok(file)
+}
+
+impl VhostUserBackendReqHandlerMut for TestBackend {
+    fn set_owner(&mut self) -> VhostUserResult<()> {
+        self.request("SET_OWNER");
+        if self.state.owner {
+            return Err(VhostUserError::InvalidOperation("already owned"));
+        }
+        self.state.owner = true;
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> VhostUserResult<()> {
+        self.request("RESET_OWNER");
+        self.state.owner = false;
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> VhostUserResult<()> {
+        self.request("RESET_DEVICE");
+        self.state.reset_device_count += 1;
+        self.state.vrings = self.fresh_vrings();
+        Ok(())
+    }
+
+    fn get_features(&mut self) -> VhostUserResult<u64> {
+        self.request("GET_FEATURES");
+        Ok(self.config.features)
+    }
+
+    fn set_features(&mut self, features: u64) -> VhostUserResult<()> {
+        self.request("SET_FEATURES");
+        self.state.acked_features = Some(features);
+        if features & !self.config.features != 0 {
+            return Err(VhostUserError::InvalidParam);
+        }
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy_listening: Option<bool>,
+    ) -> VhostUserResult<Option<Vec<VhostUserMemoryRegionBase>>> {
+        self.request("SET_MEM_TABLE");
+        self.state.mem_table = ctx
+            .iter()
+            .enumerate()
+            .map(|(i, r)| MemRegionRecord {
+                has_fd: i < files.len(),
+                ..MemRegionRecord::from(r)
+            })
+            .collect();
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> VhostUserResult<()> {
+        self.request("SET_VRING_NUM");
+        self.vring(index)?.num = Some(num);
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        log: u64,
+    ) -> VhostUserResult<()> {
+        self.request("SET_VRING_ADDR");
+        self.vring(index)?.addr = Some(VringAddrRecord {
+            flags: flags.bits(),
+            desc: descriptor,
+            used,
+            avail: available,
+            log,
+        });
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> VhostUserResult<()> {
+        self.request("SET_VRING_BASE");
+        self.vring(index)?.base = base;
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> VhostUserResult<VhostUserVringState> {
+        self.request("GET_VRING_BASE");
+        // A failed GET gets no reply at all from vhost's parser: answer 0 and record the error.
+        match self.vring(index) {
+            Ok(vring) => {
+                vring.started = false;
+                Ok(VhostUserVringState::new(index, vring.base))
+            }
+            Err(e) => {
+                self.record_error(&e);
+                Ok(VhostUserVringState::new(index, 0))
+            }
+        }
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostUserResult<()> {
+        self.request("SET_VRING_KICK");
+        let vring = self.vring(index.into())?;
+        vring.kick = fd.is_some();
+        vring.started = true;
+        Ok(())
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostUserResult<()> {
+        self.request("SET_VRING_CALL");
+        self.vring(index.into())?.call = fd.is_some();
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, fd: Option<File>) -> VhostUserResult<()> {
+        self.request("SET_VRING_ERR");
+        self.vring(index.into())?.err = fd.is_some();
+        Ok(())
+    }
+
+    fn get_protocol_features(&mut self) -> VhostUserResult<VhostUserProtocolFeatures> {
+        self.request("GET_PROTOCOL_FEATURES");
+        Ok(self.config.protocol_features)
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> VhostUserResult<()> {
+        self.request("SET_PROTOCOL_FEATURES");
+        self.state.acked_protocol_features =
+            Some(VhostUserProtocolFeatures::from_bits_retain(features));
+        self.apply_channel_flags();
+        if features & !self.offered_protocol_features().bits() != 0 {
+            return Err(VhostUserError::InvalidParam);
+        }
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> VhostUserResult<u64> {
+        self.request("GET_QUEUE_NUM");
+        Ok(self.config.queue_num)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VhostUserResult<()> {
+        self.request("SET_VRING_ENABLE");
+        self.vring(index)?.enabled = enable;
+        Ok(())
+    }
+
+    fn get_config(
+        &mut self,
+        offset: u32,
+        size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> VhostUserResult<Vec<u8>> {
+        self.request("GET_CONFIG");
+        // vhost's parser answers a failure with an empty payload, but vhost's Frontend then waits
+        // for the payload it asked for and never returns. So bytes past the end of the config
+        // space read as zeros, and the read is recorded as an error.
+        let start = offset as usize;
+        let end = start + size as usize;
+        let len = self.config.config.len();
+        if end > len {
+            self.record_error(&VhostUserError::ReqHandlerError(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("GET_CONFIG of {start:#x}..{end:#x} past the end of the {len:#x}-byte config space"),
+            )));
+        }
+        let mut bytes = vec![0u8; size as usize];
+        if let Some(available) = self.config.config.get(start..) {
+            let n = available.len().min(bytes.len());
+            bytes[..n].copy_from_slice(&available[..n]);
+        }
+        Ok(bytes)
+    }
+
+    fn set_config(
+        &mut self,
+        offset: u32,
+        buf: &[u8],
+        flags: VhostUserConfigFlags,
+    ) -> VhostUserResult<()> {
+        self.request("SET_CONFIG");
+        self.state.set_config_calls.push(SetConfigCall {
+            offset,
+            data: buf.to_vec(),
+            flags: flags.bits(),
+        });
+        Ok(())
+    }
+
+    fn set_backend_req_fd(&mut self, backend: Backend) {
+        self.request("SET_BACKEND_REQ_FD");
+        if let Some(old) = self.channel.replace(backend) {
+            old.set_failed(libc::ECONNRESET);
+        }
+        self.apply_channel_flags();
+        self.state.backend_channel = true;
+    }
+
+    fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VhostUserResult<()> {
+        self.request("GPU_SET_SOCKET");
+        Err(unsupported())
+    }
+
+    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> VhostUserResult<File> {
+        // vhost's parser answers a failure with a reply without descriptor, and does not return
+        // it.
+        self.request("GET_SHARED_OBJECT");
+        Err(self.refuse(unsupported()))
+    }
+
+    fn get_inflight_fd(
+        &mut self,
+        inflight: &VhostUserInflight,
+    ) -> VhostUserResult<(VhostUserInflight, File)> {
+        self.request("GET_INFLIGHT_FD");
+        // A failed GET gets no reply: hand out a zeroed area big enough for split rings
+        // (a 64-byte aligned header plus 16 bytes per descriptor, per queue).
+        let per_queue = (64 + 16 * u64::from(inflight.queue_size)).next_multiple_of(64);
+        let size = (u64::from(inflight.num_queues) * per_queue).max(4096);
+        let file =
+            memfd(c"vfd-test-backend-inflight", size).map_err(VhostUserError::ReqHandlerError)?;
+        Ok((
+            VhostUserInflight {
+                mmap_size: size,
+                mmap_offset: 0,
+                num_queues: inflight.num_queues,
+                queue_size: inflight.queue_size,
+            },
+            file,
+        ))
+    }
+
+    fn set_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+        _file: File,
+    ) -> VhostUserResult<()> {
+        self.request("SET_INFLIGHT_FD");
+        Ok(())
+    }
+
+    fn get_max_mem_slots(&mut self) -> VhostUserResult<u64> {
+        self.request("GET_MAX_MEM_SLOTS");
+        Ok(MAX_MEM_SLOTS)
+    }
+
+    fn add_mem_region(
+        &mut self,
+        region: &VhostUserSingleMemoryRegion,
+        _fd: File,
+        _postcopy_listening: Option<bool>,
+    ) -> VhostUserResult<Option<VhostUserMemoryRegionBase>> {
+        self.request("ADD_MEM_REG");
+        self.state.mem_table.push(MemRegionRecord {
+            has_fd: true,
+            ..MemRegionRecord::from(&**region)
+        });
+        Ok(None)
+    }
+
+    fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VhostUserResult<()> {
+        self.request("REM_MEM_REG");
+        let gone = MemRegionRecord::from(&**region);
+        let before = self.state.mem_table.len();
+        self.state.mem_table.retain(|r| {
+            (r.guest_phys_addr, r.memory_size) != (gone.guest_phys_addr, gone.memory_size)
+        });
+        if self.state.mem_table.len() == before {
+            return Err(VhostUserError::InvalidParam);
+        }
+        Ok(())
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _direction: VhostTransferStateDirection,
+        _phase: VhostTransferStatePhase,
+        _fd: File,
+    ) -> VhostUserResult<Option<File>> {
+        // vhost's parser answers a failure with an error value, and does not return it.
+        self.request("SET_DEVICE_STATE_FD");
+        Err(self.refuse(unsupported()))
+    }
+
+    fn check_device_state(&mut self) -> VhostUserResult<()> {
+        // Same as SET_DEVICE_STATE_FD.
+        self.request("CHECK_DEVICE_STATE");
+        Err(self.refuse(unsupported()))
+    }
+
+    fn get_shmem_config(&mut self) -> VhostUserResult<VhostUserShMemConfig> {
+        self.request("GET_SHMEM_CONFIG");
+        Ok(VhostUserShMemConfig::new(
+            self.shmem_sizes.len() as u32,
+            &self.shmem_sizes,
+        ))
+    }
+
+    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostUserResult<()> {
+        // vhost's parser sends no reply when this fails.
+        self.request("SET_LOG_BASE");
+        Ok(())
+    }
+}
+
+/// Whether an error of `handle_request` means the connection is gone (rather than one request
+/// refused).
+fn connection_lost(error: &VhostUserError) -> bool {
+    matches!(
+        error,
+        VhostUserError::Disconnected
+            | VhostUserError::PartialMessage
+            | VhostUserError::SocketBroken(_)
+            | VhostUserError::SocketError(_)
+            | VhostUserError::SocketRetry(_)
+    )
+}
+
+/// What the server and its thread share.
+#[derive(Debug)]
+struct Shared {
+    backend: Arc<Mutex<TestBackend>>,
+    stop: AtomicBool,
+    /// A clone of the socket of the connection being served, to shut it down.
+    current: Mutex<Option<UnixStream>>,
+}
+
+impl Shared {
+    fn backend(&self) -> MutexGuard<'_, TestBackend> {
+        self.backend.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn current(&self) -> MutexGuard<'_, Option<UnixStream>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shuts the current connection down, if there is one: its `handle_request` returns.
+    fn shutdown_current(&self) {
+        if let Some(sock) = self.current().as_ref() {
+            if let Err(e) = sock.shutdown(Shutdown::Both) {
+                debug!("test backend: shutting the connection down: {e}");
+            }
+        }
+    }
+}
+
+/// A [`TestBackend`] served on a unix socket path by a thread of its own. See the module
+/// documentation.
+///
+/// Connections are served one after the other: a frontend that connects while another is
+/// served waits in the listen backlog. Dropping the server stops and joins the thread and
+/// removes the socket path.
+#[derive(Debug)]
+pub struct TestBackendServer {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestBackendServer {
+    /// Binds `socket_path` (removing a stale file there first) and serves it on a new thread.
+    /// The socket is listening when this returns, so a frontend can connect right away.
+    pub fn start(socket_path: &Path, config: TestBackendConfig) -> io::Result<TestBackendServer> {
+        let listener = Listener::new(socket_path, true).map_err(io_error)?;
+        listener.set_nonblocking(true).map_err(io_error)?;
+        let shared = Arc::new(Shared {
+            backend: Arc::new(Mutex::new(TestBackend::new(config))),
+            stop: AtomicBool::new(false),
+            current: Mutex::new(None),
+        });
+        let thread = {
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name("vfd-test-backend".into())
+                .spawn(move || run(listener, &shared))?
+        };
+        info!("test backend: listening on {}", socket_path.display());
+        Ok(TestBackendServer {
+            shared,
+            path: socket_path.to_owned(),
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket path it listens on.
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A snapshot of what the frontend did.
+    pub fn state(&self) -> TestBackendState {
+        self.shared.backend().state()
+    }
+
+    /// Polls the state every few milliseconds until `pred` holds (true) or `timeout` passes
+    /// (false). The frontend's requests are handled on the server thread, so a test waits for
+    /// their effect rather than reading the state right after sending them.
+    pub fn wait_for(&self, pred: impl Fn(&TestBackendState) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.state()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// vhost's [`Backend`] on the backend channel of the current connection, once the frontend
+    /// sent `SET_BACKEND_REQ_FD`: send `shmem_map` / `shmem_unmap` with it
+    /// (`vhost::vhost_user::VhostUserFrontendReqHandler`). Its `REPLY_ACK` and `SHMEM` flags
+    /// follow the acked protocol features, so without SHMEM acked vhost refuses to send the
+    /// requests.
+    ///
+    /// When the connection ends, the backend channel fails in every clone, but its socket is
+    /// only closed (and the frontend's end only sees the disconnect) once every clone is
+    /// dropped.
+    pub fn backend_channel(&self) -> Option<Backend> {
+        self.shared.backend().backend_channel()
+    }
+
+    /// Number of connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.backend().state.connection
+    }
+
+    /// Sets the region sizes `GET_SHMEM_CONFIG` answers (see [`TestBackend::set_shmem_sizes`]).
+    pub fn set_shmem_sizes(&self, sizes: &[u64]) {
+        self.shared.backend().set_shmem_sizes(sizes);
+    }
+
+    /// Shuts the current connection's socket down, as if the backend died: the frontend's next
+    /// request fails and the server goes back to accepting. Does nothing without a connection.
+    pub fn disconnect(&self) {
+        self.shared.shutdown_current();
+    }
+}
+
+impl Drop for TestBackendServer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.shutdown_current();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                warn!("test backend: the server thread panicked");
+            }
+        }
+    }
+}
+
+fn io_error(e: VhostUserError) -> io::Error {
+    match e {
+        VhostUserError::SocketError(e) | VhostUserError::SocketConnect(e) => e,
+        e => io::Error::other(e),
+    }
+}
+
+/// The server thread: accept, serve until the connection ends, repeat until stopped.
+fn run(mut listener: Listener, shared: &Shared) {
+    loop {
+        let Some(mut handler) = accept(&mut listener, shared) else {
+            return;
+        };
+        let sock = match handler.try_clone_connection() {
+            Ok(sock) => sock,
+            Err(e) => {
+                warn!("test backend: cloning the connection: {e}");
+                continue;
+            }
+        };
+        // Linux does not pass the listener's O_NONBLOCK on, but be sure: the handler blocks.
+        if let Err(e) = sock.set_nonblocking(false) {
+            warn!("test backend: making the connection blocking: {e}");
+        }
+        {
+            // Under the lock, so that a concurrent drop either sees this connection or this
+            // thread sees its stop flag.
+            let mut current = shared.current();
+            if shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            *current = Some(sock);
+        }
+        let connection = {
+            let mut backend = shared.backend();
+            backend.begin_connection();
+            backend.state.connection
+        };
+        info!("test backend: connection {connection} accepted");
+        serve(&mut handler, shared);
+        *shared.current() = None;
+        shared.backend().end_connection();
+        info!("test backend: connection {connection} ended");
+    }
+}
+
+/// Waits for a connection; `None` once the server is stopped.
+fn accept(
+    listener: &mut Listener,
+    shared: &Shared,
+) -> Option<BackendReqHandler<Mutex<TestBackend>>> {
+    // vhost's BackendListener hands its backend to the first connection it accepts, and panics
+    // on a second accept: make one per connection.
+    let mut backend_listener = match BackendListener::new(listener, shared.backend.clone()) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("test backend: {e}");
+            return None;
+        }
+    };
+    while !shared.stop.load(Ordering::SeqCst) {
+        match backend_listener.accept() {
+            Ok(Some(handler)) => return Some(handler),
+            Ok(None) => thread::sleep(POLL),
+            Err(e) => {
+                warn!("test backend: accept: {e}");
+                thread::sleep(POLL);
+            }
+        }
+    }
+    None
+}
+
+/// Handles requests until the connection is lost. Refused requests are recorded and serving
+/// goes on.
+fn serve(handler: &mut BackendReqHandler<Mutex<TestBackend>>, shared: &Shared) {
+    loop {
+        match handler.handle_request() {
+            Ok(()) => {}
+            Err(VhostUserError::Disconnected) => return,
+            Err(e) if connection_lost(&e) => {
+                debug!("test backend: connection lost: {e}");
+                return;
+            }
+            Err(e) => {
+                debug!("test backend: request refused: {e}");
+                shared.backend().record_error(&e);
+            }
+        }
+    }
+}
