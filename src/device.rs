@@ -25,6 +25,79 @@
 //!
 //! A VMM with its own device trait implements it by forwarding to these methods: every
 //! [`VirtioDevice`] method is a thin call into `Fs`.
+//!
+//! # Example
+//!
+//! End to end against the in-process backend of the `test-utils` feature (a real vhost-user
+//! peer; with virtiofsd, point `socket_path` at its `--socket-path`):
+//!
+//! ```
+//! # #[cfg(feature = "test-utils")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//!
+//! use virtio_fs_dax::device::{ActivateQueue, VirtioDevice, VirtioInterrupt, VirtioInterruptType};
+//! use virtio_fs_dax::test_utils::{FakeMemoryManager, TestBackendConfig, TestBackendServer};
+//! use virtio_fs_dax::Fs;
+//! use virtio_queue::{Queue, QueueT};
+//! use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+//! use vmm_sys_util::eventfd::EventFd;
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let socket = dir.path().join("fs.sock");
+//! # let backend = TestBackendServer::start(&socket, TestBackendConfig::default())?;
+//! # struct Irq;
+//! # impl VirtioInterrupt for Irq {
+//! #     fn trigger(&self, _: VirtioInterruptType) -> std::io::Result<()> { Ok(()) }
+//! # }
+//! let memory_manager = Arc::new(FakeMemoryManager::new()); // the VMM's, in real life
+//! let mut fs = Fs::builder("myfs")
+//!     .socket_path(&socket)
+//!     .window_size(64 << 20)
+//!     .queue_size(256)
+//!     .memory_manager(memory_manager.clone())
+//!     .build()?;
+//! fs.connect()?;                        // so features() reflects the backend
+//! fs.set_shm_base(0, 1 << 34)?;         // the BAR's address: registers the window
+//! assert_eq!(memory_manager.live().len(), 1);
+//!
+//! // The driver negotiates ...
+//! fs.ack_features(fs.features());
+//! // ... with guest RAM that is file backed (vhost-user shares it with the backend) ...
+//! let ram = tempfile::tempfile()?;
+//! ram.set_len(32 << 20)?;
+//! let mem = GuestMemoryMmap::from_ranges_with_files([(
+//!     GuestAddress(0),
+//!     32 << 20,
+//!     Some(FileOffset::new(ram, 0)),
+//! )])?;
+//! // ... and two queues (high priority + one request queue) with their eventfds.
+//! let queues = (0..2)
+//!     .map(|index| {
+//!         let mut queue = Queue::new(256)?;
+//!         let base = (1u64 << 20) * (index as u64 + 1);
+//!         queue.set_desc_table_address(Some(base as u32), Some(0));
+//!         queue.set_avail_ring_address(Some((base + 0x1000) as u32), Some(0));
+//!         queue.set_used_ring_address(Some((base + 0x2000) as u32), Some(0));
+//!         queue.set_ready(true);
+//!         let kick = EventFd::new(0)?;
+//!         let call = EventFd::new(0)?;
+//!         Ok(ActivateQueue { index, queue, kick, call })
+//!     })
+//!     .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
+//! fs.activate(GuestMemoryAtomic::new(mem), Arc::new(Irq), queues)?;
+//! assert!(fs.session().unwrap().negotiated().dax);
+//! # assert!(backend.wait_for(|s| s.backend_channel, std::time::Duration::from_secs(5)));
+//!
+//! // Device reset: mappings dropped, backend reset, window still registered.
+//! fs.reset();
+//! drop(fs);                             // the memory slot goes first, then the window
+//! assert!(memory_manager.live().is_empty());
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "test-utils"))]
+//! # fn main() {}
+//! ```
 
 use std::io;
 use std::sync::atomic::Ordering;
