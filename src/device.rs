@@ -649,46 +649,36 @@ impl FsSnapshot {
 
     /// Decodes a snapshot; never panics on malformed input.
     pub fn from_bytes(bytes: &[u8]) -> Result<FsSnapshot> {
-        let bad = Error::BadSnapshot("malformed bytes");
         let mut r = Reader(bytes);
-        if r.take(8).ok_or(Error::BadSnapshot("malformed bytes"))? != SNAPSHOT_MAGIC {
+        if r.take(SNAPSHOT_MAGIC.len()) != Some(SNAPSHOT_MAGIC) {
             return Err(Error::BadSnapshot("unknown format"));
         }
-        let acked_features = r.u64().ok_or(Error::BadSnapshot("malformed bytes"))?;
-        let n = r.u32().ok_or(Error::BadSnapshot("malformed bytes"))? as usize;
-        let config = r
-            .take(n)
-            .ok_or(Error::BadSnapshot("malformed bytes"))?
-            .to_vec();
-        let nq = r.u32().ok_or(Error::BadSnapshot("malformed bytes"))? as usize;
-        let mut queues = Vec::new();
-        for _ in 0..nq {
-            let mut q = QueueState::default();
-            let h = (|| {
-                q.max_size = r.u16()?;
-                q.next_avail = r.u16()?;
-                q.next_used = r.u16()?;
-                q.size = r.u16()?;
-                q.event_idx_enabled = r.take(1)?[0] != 0;
-                q.ready = r.take(1)?[0] != 0;
-                q.desc_table = r.u64()?;
-                q.avail_ring = r.u64()?;
-                q.used_ring = r.u64()?;
-                Some(())
-            })();
-            if h.is_none() {
-                return Err(bad);
+        let snap = (|| {
+            let acked_features = r.u64()?;
+            let n = r.u32()? as usize;
+            let config = r.take(n)?.to_vec();
+            let nq = r.u32()?;
+            let mut queues = Vec::new();
+            for _ in 0..nq {
+                queues.push(QueueState {
+                    max_size: r.u16()?,
+                    next_avail: r.u16()?,
+                    next_used: r.u16()?,
+                    size: r.u16()?,
+                    event_idx_enabled: r.take(1)?[0] != 0,
+                    ready: r.take(1)?[0] != 0,
+                    desc_table: r.u64()?,
+                    avail_ring: r.u64()?,
+                    used_ring: r.u64()?,
+                });
             }
-            queues.push(q);
-        }
-        if !r.0.is_empty() {
-            return Err(bad);
-        }
-        Ok(FsSnapshot {
-            acked_features,
-            config,
-            queues,
-        })
+            r.0.is_empty().then_some(FsSnapshot {
+                acked_features,
+                config,
+                queues,
+            })
+        })();
+        snap.ok_or(Error::BadSnapshot("malformed bytes"))
     }
 }
 
