@@ -812,14 +812,26 @@ impl VirtioDevice for Fs {
             return Ok(());
         }
         if let Some(mm) = &self.memory {
-            if let Some(old) = self.window_gpa.and_then(|g| self.region(g)) {
-                mm.unregister_window(&old).map_err(|source| Error::Memory {
+            let old = self.window_gpa.and_then(|g| self.region(g));
+            if let Some(old) = &old {
+                mm.unregister_window(old).map_err(|source| Error::Memory {
                     gpa: old.gpa,
                     source,
                 })?;
             }
-            mm.register_window(&new)
-                .map_err(|source| Error::Memory { gpa, source })?;
+            if let Err(source) = mm.register_window(&new) {
+                // Put the window back where it was, so a refused move changes nothing.
+                if let Some(old) = &old {
+                    if let Err(e) = mm.register_window(old) {
+                        log::warn!(
+                            "{}: restoring the window at {:#x}: {e}",
+                            self.session_cfg.name,
+                            old.gpa
+                        );
+                    }
+                }
+                return Err(Error::Memory { gpa, source });
+            }
         }
         if let Some(io) = self.active.as_ref().map(|a| &a.io).or(self.io.as_ref()) {
             if let Some(old) = self.window_gpa {
@@ -971,13 +983,32 @@ mod tests {
         fs.set_shm_base(0, 1 << 33).unwrap();
         assert_eq!(mm.live(), vec![at(1 << 33)]);
         assert!(io.remove_window(1 << 32).is_none());
-        // A refusal by the VMM is a typed error and changes nothing.
+        // A refusal by the VMM is a typed error and changes nothing: refused unregistration ...
         mm.fail_next();
         assert!(matches!(
             fs.set_shm_base(0, 1 << 34),
             Err(Error::Memory { .. })
         ));
         assert_eq!(fs.shm_regions()[0].gpa, Some(1 << 33));
+        assert_eq!(mm.live(), vec![at(1 << 33)]);
+        // ... or a refused registration at the new address (an overlap, here).
+        let squatter = WindowRegion {
+            gpa: 1 << 35,
+            host_addr: 0,
+            size: 2 << 20,
+        };
+        mm.register_window(&squatter).unwrap();
+        assert!(matches!(
+            fs.set_shm_base(0, 1 << 35),
+            Err(Error::Memory { .. })
+        ));
+        assert_eq!(fs.shm_regions()[0].gpa, Some(1 << 33));
+        assert!(
+            mm.live().contains(&at(1 << 33)),
+            "restored: {:?}",
+            mm.live()
+        );
+        mm.unregister_window(&squatter).unwrap();
         // Drop: the slot goes before the window.
         let window = Arc::downgrade(fs.window().unwrap());
         drop(fs);
