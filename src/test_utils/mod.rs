@@ -10,11 +10,17 @@
 //!   feature nor CONFIG, and it does not let a test look at what it was told.
 //! - [`FakeMemoryManager`]: a [`MemoryManager`](crate::memory::MemoryManager) that records and
 //!   checks the window (un)registrations.
+//! - [`guest`]: a simulated guest driver (split virtqueues, a FUSE client, loads and stores in
+//!   the DAX window) to run the device end to end without booting a guest.
 
 pub mod backend;
+pub mod guest;
 
 pub use crate::memory::FakeMemoryManager;
 pub use backend::{
     MemRegionRecord, SetConfigCall, TestBackend, TestBackendConfig, TestBackendServer,
     TestBackendState, VringAddrRecord, VringRecord,
+};
+pub use guest::{
+    guest_read, guest_write, memfd_guest_memory, FuseSession, GuestError, SplitQueueDriver,
 };
