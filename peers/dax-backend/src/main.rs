@@ -1,0 +1,435 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! `dax-backend`: a DAX-capable vhost-user virtio-fs backend.
+//!
+//! fuse-backend-rs's `PassthroughFs` served by its FUSE `Server` over the virtqueues
+//! (vhost-user-backend), with SETUPMAPPING / REMOVEMAPPING forwarded to the front-end over the
+//! vhost-user backend channel, either as standard SHMEM_MAP / SHMEM_UNMAP (default) or as legacy
+//! FS_MAP / FS_UNMAP (`--legacy`).
+
+mod legacy;
+
+use std::io;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, RwLock};
+
+use fuse_backend_rs::abi::virtio_fs::{RemovemappingOne, SetupmappingFlags};
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, VirtioFsWriter, Writer};
+use log::{debug, error, info, warn};
+use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
+use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringMutex, VringT};
+use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueOwnedT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+/// Standard vhost-user protocol feature SHMEM (current spec): bit 22. vhost 0.16 names bit 21
+/// `SHMEM`, which is really GPA_ADDRESSES, so it must not be used.
+pub const PROTOCOL_F_SHMEM_STD: u64 = 1 << 22;
+
+const QUEUE_SIZE: usize = 1024;
+/// hiprio + one request queue.
+const NUM_QUEUES: usize = 2;
+const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+type Fs = PassthroughFs<()>;
+type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// Which wire dialect the map requests use on the backend channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    Standard,
+    Legacy,
+}
+
+/// Sends FUSE DAX map/unmap requests to the front-end over the backend channel.
+struct CacheHandler {
+    dialect: Dialect,
+    /// vhost's backend-channel proxy (standard dialect).
+    backend: Option<Backend>,
+    /// Our own dup of the backend-channel socket (legacy dialect).
+    legacy: Option<legacy::LegacyChannel>,
+}
+
+impl CacheHandler {
+    fn no_channel() -> io::Error {
+        warn!("DAX request but the front-end gave no backend channel");
+        io::Error::from_raw_os_error(libc::ENOSYS)
+    }
+}
+
+fn vhost_err(e: io::Error) -> io::Error {
+    // Backend::shmem_map maps any non-zero reply to FrontendInternalError; keep it an io::Error.
+    error!("backend channel request failed: {e}");
+    if e.raw_os_error().is_some() {
+        e
+    } else {
+        io::Error::from_raw_os_error(libc::EIO)
+    }
+}
+
+impl FsCacheReqHandler for CacheHandler {
+    fn map(
+        &mut self,
+        foffset: u64,
+        moffset: u64,
+        len: u64,
+        flags: u64,
+        fd: RawFd,
+    ) -> io::Result<()> {
+        let write = flags & SetupmappingFlags::WRITE.bits() != 0;
+        debug!(
+            "map foffset={foffset:#x} moffset={moffset:#x} len={len:#x} flags={flags:#x} fd={fd}"
+        );
+        match self.dialect {
+            Dialect::Standard => {
+                let backend = self.backend.as_ref().ok_or_else(Self::no_channel)?;
+                let msg = VhostUserMMap {
+                    shmid: 0,
+                    padding: [0; 7],
+                    fd_offset: foffset,
+                    shm_offset: moffset,
+                    len,
+                    flags: if write {
+                        VhostUserMMapFlags::WRITABLE.bits()
+                    } else {
+                        0
+                    },
+                };
+                struct Fd(RawFd);
+                impl AsRawFd for Fd {
+                    fn as_raw_fd(&self) -> RawFd {
+                        self.0
+                    }
+                }
+                backend
+                    .shmem_map(&msg, &Fd(fd))
+                    .map(|_| ())
+                    .map_err(vhost_err)
+            }
+            Dialect::Legacy => {
+                let ch = self.legacy.as_mut().ok_or_else(Self::no_channel)?;
+                let mut lflags = 0;
+                if flags & SetupmappingFlags::READ.bits() != 0 || !write {
+                    lflags |= legacy::MAP_R;
+                }
+                if write {
+                    lflags |= legacy::MAP_W;
+                }
+                ch.fs_map(&[(foffset, moffset, len, lflags)], fd)
+            }
+        }
+    }
+
+    fn unmap(&mut self, requests: Vec<RemovemappingOne>) -> io::Result<()> {
+        debug!("unmap {} range(s)", requests.len());
+        match self.dialect {
+            Dialect::Standard => {
+                let backend = self.backend.as_ref().ok_or_else(Self::no_channel)?;
+                for r in requests {
+                    let msg = VhostUserMMap {
+                        shmid: 0,
+                        padding: [0; 7],
+                        fd_offset: 0,
+                        shm_offset: r.moffset,
+                        len: r.len,
+                        flags: 0,
+                    };
+                    backend.shmem_unmap(&msg).map_err(vhost_err)?;
+                }
+                Ok(())
+            }
+            Dialect::Legacy => {
+                let ch = self.legacy.as_mut().ok_or_else(Self::no_channel)?;
+                let ranges: Vec<(u64, u64)> = requests.iter().map(|r| (r.moffset, r.len)).collect();
+                for chunk in ranges.chunks(legacy::MAX_ENTRIES) {
+                    ch.fs_unmap(chunk)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+struct FsBackend {
+    server: Arc<Server<Arc<Fs>>>,
+    mem: Option<GuestMem>,
+    event_idx: bool,
+    acked_features: u64,
+    cache: CacheHandler,
+    /// Socket inodes open when GET_PROTOCOL_FEATURES was answered (legacy channel discovery).
+    sock_snapshot: Mutex<Vec<u64>>,
+}
+
+impl FsBackend {
+    fn process_queue(&mut self, vring: &VringMutex) -> io::Result<bool> {
+        let Some(atomic) = self.mem.as_ref() else {
+            return Ok(false);
+        };
+        let mem = atomic.memory();
+        let chains: Vec<_> = vring
+            .get_mut()
+            .get_queue_mut()
+            .iter(mem.clone())
+            .map_err(|e| io::Error::other(format!("queue iter: {e}")))?
+            .collect();
+        let mut used_any = false;
+        for chain in chains {
+            let head = chain.head_index();
+            let reader = Reader::from_descriptor_chain(&*mem, chain.clone())
+                .map_err(|e| io::Error::other(format!("reader: {e}")))?;
+            let writer = VirtioFsWriter::new(&*mem, chain)
+                .map(Writer::VirtioFs)
+                .map_err(|e| io::Error::other(format!("writer: {e}")))?;
+            let len = match self
+                .server
+                .handle_message(reader, writer, Some(&mut self.cache), None)
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    error!("FUSE request failed: {e:?}");
+                    0
+                }
+            };
+            vring
+                .add_used(head, len as u32)
+                .map_err(|e| io::Error::other(format!("add_used: {e}")))?;
+            used_any = true;
+        }
+        if used_any {
+            vring.signal_used_queue()?;
+        }
+        Ok(used_any)
+    }
+}
+
+impl VhostUserBackendMut for FsBackend {
+    type Bitmap = ();
+    type Vring = VringMutex<GuestMem>;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_F_NOTIFY_ON_EMPTY)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VHOST_USER_F_PROTOCOL_FEATURES
+    }
+
+    fn acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // Snapshot the sockets we have now: SET_BACKEND_REQ_FD can only come after this answer,
+        // so the one new unnamed socket seen then is the backend channel (legacy mode).
+        if self.cache.dialect == Dialect::Legacy {
+            *self.sock_snapshot.lock().unwrap() = legacy::socket_inodes();
+        }
+        let mut f = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.cache.dialect == Dialect::Standard {
+            // Bit 22 (standard SHMEM), set by value: vhost 0.16's `SHMEM` constant is bit 21.
+            f = VhostUserProtocolFeatures::from_bits_retain(f.bits() | PROTOCOL_F_SHMEM_STD);
+        }
+        f
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    fn update_memory(&mut self, mem: GuestMem) -> io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn set_backend_req_fd(&mut self, backend: Backend) {
+        info!(
+            "front-end set the backend channel ({:?} dialect)",
+            self.cache.dialect
+        );
+        match self.cache.dialect {
+            Dialect::Standard => {
+                // vhost-user-backend 0.22 only calls set_shmem_flag(true) when *bit 21* was acked;
+                // we offer bit 22 instead, so allow SHMEM_MAP/UNMAP here ourselves. REPLY_ACK is
+                // set by vhost-user-backend from the acked protocol features.
+                backend.set_shmem_flag(true);
+                self.cache.backend = Some(backend);
+            }
+            Dialect::Legacy => {
+                let before = self.sock_snapshot.lock().unwrap().clone();
+                match legacy::LegacyChannel::discover(&before) {
+                    Ok(ch) => self.cache.legacy = Some(ch),
+                    Err(e) => error!("legacy mode: cannot find the backend channel socket: {e}"),
+                }
+                // Keep vhost's Backend alive (it owns the original fd) but never send through it.
+                self.cache.backend = Some(backend);
+            }
+        }
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Self::Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
+        }
+        let idx = device_event as usize;
+        let vring = vrings
+            .get(idx)
+            .ok_or_else(|| io::Error::other(format!("unknown device event {device_event}")))?;
+        if self.event_idx {
+            loop {
+                vring
+                    .disable_notification()
+                    .map_err(|e| io::Error::other(format!("{e}")))?;
+                self.process_queue(vring)?;
+                if !vring
+                    .enable_notification()
+                    .map_err(|e| io::Error::other(format!("{e}")))?
+                {
+                    break;
+                }
+            }
+        } else {
+            self.process_queue(vring)?;
+        }
+        Ok(())
+    }
+}
+
+struct Args {
+    socket_path: String,
+    shared_dir: String,
+    legacy: bool,
+}
+
+fn usage() -> ! {
+    eprintln!("usage: dax-backend --socket-path PATH --shared-dir DIR [--legacy]");
+    std::process::exit(2);
+}
+
+fn parse_args() -> Args {
+    let mut socket_path = None;
+    let mut shared_dir = None;
+    let mut legacy = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let (key, inline) = match a.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (a.clone(), None),
+        };
+        match key.as_str() {
+            "--socket-path" => socket_path = inline.or_else(|| it.next()),
+            "--shared-dir" => shared_dir = inline.or_else(|| it.next()),
+            "--legacy" => legacy = true,
+            "-h" | "--help" => usage(),
+            _ => {
+                eprintln!("unknown argument: {a}");
+                usage()
+            }
+        }
+    }
+    match (socket_path, shared_dir) {
+        (Some(socket_path), Some(shared_dir)) => Args {
+            socket_path,
+            shared_dir,
+            legacy,
+        },
+        _ => usage(),
+    }
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    let args = parse_args();
+    let dialect = if args.legacy {
+        Dialect::Legacy
+    } else {
+        Dialect::Standard
+    };
+
+    let cfg = Config {
+        root_dir: args.shared_dir.clone(),
+        do_import: true,
+        // The guest maps file pages directly; let it cache attributes/data normally.
+        cache_policy: CachePolicy::Always,
+        writeback: false,
+        xattr: false,
+        // Per-file DAX (FUSE_ATTR_DAX) for every file when the guest mounts with dax=inode.
+        dax_file_size: Some(0),
+        ..Default::default()
+    };
+    let fs = match Fs::new(cfg) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("dax-backend: passthrough fs: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = fs.import() {
+        eprintln!("dax-backend: import {}: {e}", args.shared_dir);
+        std::process::exit(1);
+    }
+    let server = Arc::new(Server::new(Arc::new(fs)));
+
+    let backend = Arc::new(RwLock::new(FsBackend {
+        server,
+        mem: None,
+        event_idx: false,
+        acked_features: 0,
+        cache: CacheHandler {
+            dialect,
+            backend: None,
+            legacy: None,
+        },
+        sock_snapshot: Mutex::new(Vec::new()),
+    }));
+
+    let mut daemon = match VhostUserDaemon::new(
+        "dax-backend".to_string(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("dax-backend: daemon: {e}");
+            std::process::exit(1);
+        }
+    };
+    info!(
+        "listening on {} (shared dir {}, {:?} dialect)",
+        args.socket_path, args.shared_dir, dialect
+    );
+    match daemon.serve(&args.socket_path) {
+        Ok(()) => {
+            info!("front-end disconnected, exiting");
+            // Exit now: dropping the daemon would wait for the vring worker threads.
+            std::process::exit(0);
+        }
+        Err(e) => {
+            error!("vhost-user daemon: {e}");
+            std::process::exit(1);
+        }
+    }
+}
