@@ -32,6 +32,9 @@ if [ ! -x "$TOOLS/bin/virtiofsd" ]; then
 fi
 export VIRTIOFSD="$TOOLS/bin/virtiofsd"
 "$VIRTIOFSD" --version
+# The DAX-capable backend peer (its own workspace and dependency versions).
+(cd peers/dax-backend && cargo build --release --locked)
+export DAX_BACKEND="$PWD/peers/dax-backend/target/release/dax-backend"
 
 step "fmt"
 cargo fmt --all -- --check

@@ -1,0 +1,208 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! End to end with a DAX-capable backend process (peers/dax-backend: fuse-backend-rs
+//! passthrough served over vhost-user) and the simulated guest driver: FUSE_SETUPMAPPING goes
+//! over the vrings to the backend, which sends SHMEM_MAP (or, with `--legacy`, FS_MAP) with the
+//! file's fd on the backend channel; the device maps it into its window, and the guest reads
+//! and writes the file through plain loads and stores at the window's guest address.
+//!
+//! The backend binary is found through `$DAX_BACKEND`, else
+//! `peers/dax-backend/target/release/dax-backend` (which `scripts/test.sh` builds). Without it
+//! these tests fail and say how to build it.
+#![cfg(feature = "test-utils")]
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vm_memory::{GuestAddress, GuestMemoryAtomic};
+
+use common::{perms_at, MIB};
+use virtio_fs_dax::device::{VirtioDevice, VirtioInterrupt, VirtioInterruptType};
+use virtio_fs_dax::test_utils::guest::fuse::FUSE_ROOT_ID;
+use virtio_fs_dax::test_utils::{
+    guest_read, guest_write, memfd_guest_memory, FuseSession, SplitQueueDriver,
+};
+use virtio_fs_dax::{Dialect, Fs};
+
+const WIN_GPA: u64 = 1 << 34;
+const WINDOW: u64 = 64 * MIB;
+
+struct NoIrq;
+
+impl VirtioInterrupt for NoIrq {
+    fn trigger(&self, _: VirtioInterruptType) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn dax_backend() -> PathBuf {
+    let built =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/dax-backend/target/release/dax-backend");
+    let path = std::env::var_os("DAX_BACKEND")
+        .map(PathBuf::from)
+        .unwrap_or(built);
+    assert!(
+        path.is_file(),
+        "dax-backend not found at {}: run scripts/test.sh, which builds it, or \
+         `cd peers/dax-backend && cargo build --release`, or set $DAX_BACKEND",
+        path.display()
+    );
+    path
+}
+
+struct Backend(Child);
+
+impl Backend {
+    fn start(socket: &Path, shared: &Path, legacy: bool) -> Self {
+        let mut cmd = Command::new(dax_backend());
+        cmd.arg("--socket-path")
+            .arg(socket)
+            .arg("--shared-dir")
+            .arg(shared);
+        if legacy {
+            cmd.arg("--legacy");
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting dax-backend");
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "dax-backend made no socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Backend(child)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A 6 MiB file whose every 4 KiB page holds its page number's low byte.
+fn sample(shared: &Path) -> Vec<u8> {
+    let data: Vec<u8> = (0..6 * MIB as usize).map(|i| (i / 4096) as u8).collect();
+    std::fs::write(shared.join("data.bin"), &data).unwrap();
+    data
+}
+
+fn run(dialect: Dialect) {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let data = sample(&shared);
+    let socket = dir.path().join("dax.sock");
+    let mut backend = Backend::start(&socket, &shared, dialect == Dialect::Legacy);
+
+    let mut fs = Fs::builder("dax")
+        .socket_path(&socket)
+        .window_size(WINDOW)
+        .dialect(dialect)
+        .replace_exact(true)
+        .queue_size(128)
+        .build()
+        .unwrap();
+    fs.set_shm_base(0, WIN_GPA).unwrap();
+    fs.connect().unwrap();
+    fs.ack_features(fs.features());
+    let mem = memfd_guest_memory(64 << 20).unwrap();
+    let hiprio = SplitQueueDriver::new(mem.clone(), GuestAddress(MIB), 128).unwrap();
+    let request = SplitQueueDriver::new(mem.clone(), GuestAddress(2 * MIB), 128).unwrap();
+    let queues = vec![
+        hiprio.activate_queue(0).unwrap(),
+        request.activate_queue(1).unwrap(),
+    ];
+    fs.activate(GuestMemoryAtomic::new(mem), Arc::new(NoIrq), queues)
+        .expect("activate against dax-backend");
+    assert!(fs.session().unwrap().negotiated().dax, "DAX negotiated");
+    let window = fs.window().unwrap().clone();
+
+    let mut s = FuseSession::new(request, GuestAddress(4 * MIB), (4 * MIB) as usize)
+        .unwrap()
+        .with_hiprio(hiprio);
+    s.init().expect("INIT");
+    let (nodeid, _) = s.lookup(FUSE_ROOT_ID, "data.bin").expect("LOOKUP");
+    let fh = s.open(nodeid, libc::O_RDWR as u32).expect("OPEN");
+
+    // SETUPMAPPING of two 2 MiB ranges, read-only: the guest reads the file through the window.
+    s.setupmapping(nodeid, fh, 0, 2 * MIB, false, 0)
+        .expect("SETUPMAPPING 0");
+    s.setupmapping(nodeid, fh, 4 * MIB, 2 * MIB, false, 2 * MIB)
+        .expect("SETUPMAPPING 1");
+    assert_eq!(window.live_mappings(), 2);
+    assert_eq!(perms_at(&window, 0), "r--s");
+    let mut buf = vec![0u8; 2 * MIB as usize];
+    guest_read(&window, WIN_GPA, WIN_GPA, &mut buf).unwrap();
+    assert_eq!(
+        buf,
+        data[..2 * MIB as usize],
+        "file bytes through the window"
+    );
+    guest_read(&window, WIN_GPA, WIN_GPA + 2 * MIB, &mut buf).unwrap();
+    assert_eq!(
+        buf,
+        data[4 * MIB as usize..],
+        "second range, other file offset"
+    );
+
+    // The Linux guest's writable upgrade: SETUPMAPPING again, same range, writable.
+    s.setupmapping(nodeid, fh, 0, 2 * MIB, true, 0)
+        .expect("writable upgrade");
+    assert_eq!(perms_at(&window, 0), "rw-s");
+    guest_write(&window, WIN_GPA, WIN_GPA + 4096, b"stored by the guest").unwrap();
+    let mut back = [0u8; 19];
+    std::fs::File::open(shared.join("data.bin"))
+        .unwrap()
+        .read_exact_at(&mut back, 4096)
+        .unwrap();
+    assert_eq!(
+        &back, b"stored by the guest",
+        "a store through the window lands in the file"
+    );
+
+    // REMOVEMAPPING, then reclaim-style reuse of the range for another part of the file.
+    s.removemapping(&[(0, 2 * MIB)]).expect("REMOVEMAPPING");
+    assert_eq!(perms_at(&window, 0), "---p");
+    s.setupmapping(nodeid, fh, 2 * MIB, 2 * MIB, false, 0)
+        .expect("remap");
+    guest_read(&window, WIN_GPA, WIN_GPA, &mut buf[..4096]).unwrap();
+    assert_eq!(buf[..4096], data[2 * MIB as usize..2 * MIB as usize + 4096]);
+    assert_eq!(fs.metrics().total_refusals(), 0);
+
+    // The backend killed while ranges are mapped: the mappings are gone.
+    let _ = backend.0.kill();
+    let _ = backend.0.wait();
+    let start = Instant::now();
+    while !fs.check_backend() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "backend death not noticed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(window.live_mappings(), 0);
+    assert_eq!(perms_at(&window, 0), "---p");
+    assert_eq!(perms_at(&window, 2 * MIB), "---p");
+}
+
+#[test]
+fn standard_dialect_end_to_end() {
+    run(Dialect::Standard);
+}
+
+#[test]
+fn legacy_dialect_end_to_end() {
+    run(Dialect::Legacy);
+}
