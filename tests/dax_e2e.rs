@@ -16,13 +16,12 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestAddress, GuestMemoryAtomic};
 
-use common::{perms_at, MIB};
+use common::{perms_at, PeerProcess, MIB};
 use virtio_fs_dax::device::{VirtioDevice, VirtioInterrupt, VirtioInterruptType};
 use virtio_fs_dax::test_utils::guest::fuse::FUSE_ROOT_ID;
 use virtio_fs_dax::test_utils::{
@@ -56,39 +55,17 @@ fn dax_backend() -> PathBuf {
     path
 }
 
-struct Backend(Child);
-
-impl Backend {
-    fn start(socket: &Path, shared: &Path, legacy: bool) -> Self {
-        let mut cmd = Command::new(dax_backend());
-        cmd.arg("--socket-path")
-            .arg(socket)
-            .arg("--shared-dir")
-            .arg(shared);
-        if legacy {
-            cmd.arg("--legacy");
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting dax-backend");
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "dax-backend made no socket"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Backend(child)
+fn start_backend(socket: &Path, shared: &Path, legacy: bool) -> PeerProcess {
+    let mut args = vec![
+        "--socket-path".as_ref(),
+        socket.as_os_str(),
+        "--shared-dir".as_ref(),
+        shared.as_os_str(),
+    ];
+    if legacy {
+        args.push("--legacy".as_ref());
     }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    PeerProcess::start(&dax_backend(), &args, socket)
 }
 
 /// A 6 MiB file whose every 4 KiB page holds its page number's low byte.
@@ -104,7 +81,7 @@ fn run(dialect: Dialect) {
     std::fs::create_dir(&shared).unwrap();
     let data = sample(&shared);
     let socket = dir.path().join("dax.sock");
-    let mut backend = Backend::start(&socket, &shared, dialect == Dialect::Legacy);
+    let mut backend = start_backend(&socket, &shared, dialect == Dialect::Legacy);
 
     let mut fs = Fs::builder("dax")
         .socket_path(&socket)
@@ -182,8 +159,7 @@ fn run(dialect: Dialect) {
     assert_eq!(fs.metrics().total_refusals(), 0);
 
     // The backend killed while ranges are mapped: the mappings are gone.
-    let _ = backend.0.kill();
-    let _ = backend.0.wait();
+    backend.kill9();
     let start = Instant::now();
     while !fs.check_backend() {
         assert!(

@@ -10,13 +10,13 @@
 //! to get it.
 #![cfg(feature = "test-utils")]
 
+mod common;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
@@ -38,65 +38,6 @@ struct NoIrq;
 impl VirtioInterrupt for NoIrq {
     fn trigger(&self, _: VirtioInterruptType) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-fn virtiofsd() -> PathBuf {
-    let candidates = std::env::var_os("VIRTIOFSD")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            std::env::var_os("HOME")
-                .map(|h| Path::new(&h).join(".local/virtio-fs-dax/bin/virtiofsd")),
-        )
-        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("virtiofsd"))
-                .collect::<Vec<_>>()
-        }));
-    for c in candidates {
-        if c.is_file() {
-            return c;
-        }
-    }
-    panic!(
-        "virtiofsd not found: run scripts/test.sh, which installs it, or \
-         `apt-get install -y libseccomp-dev libcap-ng-dev && \
-         cargo install --locked virtiofsd@1.14.0 --root ~/.local/virtio-fs-dax`, \
-         or point $VIRTIOFSD at a virtiofsd binary"
-    );
-}
-
-struct Virtiofsd(Child);
-
-impl Virtiofsd {
-    fn start(socket: &Path, shared: &Path) -> Self {
-        let _ = std::fs::remove_file(socket);
-        let child = Command::new(virtiofsd())
-            .arg("--socket-path")
-            .arg(socket)
-            .arg("--shared-dir")
-            .arg(shared)
-            .args(["--sandbox", "none", "--log-level", "error"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting virtiofsd");
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "virtiofsd made no socket"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Virtiofsd(child)
-    }
-}
-
-impl Drop for Virtiofsd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -246,7 +187,7 @@ fn fuse_over_vrings_against_virtiofsd() {
     let content = b"hello from the host, through virtio-fs\n";
     std::fs::write(shared.join("hello.txt"), content).unwrap();
     let socket = dir.path().join("vfs.sock");
-    let _daemon = Virtiofsd::start(&socket, &shared);
+    let _daemon = common::start_virtiofsd(&socket, &shared);
 
     // A window, but virtiofsd has no DAX: with the Disable fallback the device goes on without.
     let window_gpa = 1u64 << 34;

@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,78 +20,6 @@ use virtio_fs_dax::device::VirtioDevice;
 use virtio_fs_dax::frontend::{DaxFallback, VIRTIO_F_VERSION_1};
 use virtio_fs_dax::Fs;
 
-fn virtiofsd() -> PathBuf {
-    let candidates = std::env::var_os("VIRTIOFSD")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            std::env::var_os("HOME")
-                .map(|h| Path::new(&h).join(".local/virtio-fs-dax/bin/virtiofsd")),
-        )
-        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("virtiofsd"))
-                .collect::<Vec<_>>()
-        }));
-    for c in candidates {
-        if c.is_file() {
-            return c;
-        }
-    }
-    panic!(
-        "virtiofsd not found: run scripts/test.sh, which installs it, or \
-         `apt-get install -y libseccomp-dev libcap-ng-dev && \
-         cargo install --locked virtiofsd@1.14.0 --root ~/.local/virtio-fs-dax`, \
-         or point $VIRTIOFSD at a virtiofsd binary"
-    );
-}
-
-struct Virtiofsd {
-    child: Child,
-}
-
-impl Virtiofsd {
-    fn start(socket: &Path, shared: &Path) -> Self {
-        let _ = std::fs::remove_file(socket);
-        let child = Command::new(virtiofsd())
-            .arg("--socket-path")
-            .arg(socket)
-            .arg("--shared-dir")
-            .arg(shared)
-            .args(["--sandbox", "none", "--log-level", "error"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting virtiofsd");
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "virtiofsd made no socket"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Virtiofsd { child }
-    }
-
-    fn kill9(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
-        let r = unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        assert_eq!(r, 0);
-        let status = self.child.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL)
-        );
-    }
-}
-
-impl Drop for Virtiofsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn handshake_kill9_restart_reconnect() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,7 +27,7 @@ fn handshake_kill9_restart_reconnect() {
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("hello"), b"hello").unwrap();
     let socket = dir.path().join("vfs.sock");
-    let mut daemon = Virtiofsd::start(&socket, &shared);
+    let mut daemon = start_virtiofsd(&socket, &shared);
 
     // A window, but virtiofsd has no DAX: with the Disable fallback the device goes on without.
     let mut fs = Fs::builder("myfs")
@@ -156,7 +82,7 @@ fn handshake_kill9_restart_reconnect() {
     }
     assert!(fs.backend_fd().is_none(), "the dead session is torn down");
     assert_eq!(fs.window().unwrap().live_mappings(), 0);
-    let _daemon = Virtiofsd::start(&socket, &shared);
+    let _daemon = start_virtiofsd(&socket, &shared);
     fs.reconnect()
         .expect("reconnect to the restarted virtiofsd");
     let n2 = fs.session().unwrap().negotiated();
@@ -175,7 +101,7 @@ fn dax_required_fails_against_virtiofsd() {
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     let socket = dir.path().join("vfs.sock");
-    let _daemon = Virtiofsd::start(&socket, &shared);
+    let _daemon = start_virtiofsd(&socket, &shared);
     let mut fs = Fs::builder("myfs")
         .socket_path(&socket)
         .window_size(64 * MIB)

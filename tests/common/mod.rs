@@ -306,3 +306,98 @@ impl virtio_fs_dax::device::VirtioInterrupt for CountingInterrupt {
         Ok(())
     }
 }
+
+/// A backend process started for a test, waited for until its socket exists, killed on drop.
+pub struct PeerProcess(std::process::Child);
+
+impl PeerProcess {
+    /// Starts `program` with `args` and waits (10 s at most) for it to create `socket`.
+    pub fn start(
+        program: &std::path::Path,
+        args: &[&std::ffi::OsStr],
+        socket: &std::path::Path,
+    ) -> Self {
+        let _ = std::fs::remove_file(socket);
+        let child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        let start = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{} made no socket",
+                program.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        PeerProcess(child)
+    }
+
+    /// kill -9, and checks that the signal is what ended it.
+    pub fn kill9(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+        let r = unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        assert_eq!(r, 0);
+        let status = self.0.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// virtiofsd: `$VIRTIOFSD`, then `~/.local/virtio-fs-dax/bin/virtiofsd` (where
+/// `scripts/test.sh` installs it), then `PATH`. Panics with how to get it when missing.
+pub fn virtiofsd() -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    let candidates = std::env::var_os("VIRTIOFSD")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".local/virtio-fs-dax/bin/virtiofsd")),
+        )
+        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("virtiofsd"))
+                .collect::<Vec<_>>()
+        }));
+    for c in candidates {
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!(
+        "virtiofsd not found: run scripts/test.sh, which installs it, or \
+         `apt-get install -y libseccomp-dev libcap-ng-dev && \
+         cargo install --locked virtiofsd@1.14.0 --root ~/.local/virtio-fs-dax`, \
+         or point $VIRTIOFSD at a virtiofsd binary"
+    );
+}
+
+/// Starts virtiofsd on `socket`, serving `shared`, without a sandbox.
+pub fn start_virtiofsd(socket: &std::path::Path, shared: &std::path::Path) -> PeerProcess {
+    PeerProcess::start(
+        &virtiofsd(),
+        &[
+            "--socket-path".as_ref(),
+            socket.as_os_str(),
+            "--shared-dir".as_ref(),
+            shared.as_os_str(),
+            "--sandbox".as_ref(),
+            "none".as_ref(),
+            "--log-level".as_ref(),
+            "error".as_ref(),
+        ],
+        socket,
+    )
+}
