@@ -16,29 +16,16 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vm_memory::{GuestAddress, GuestMemoryAtomic};
-
 use common::{perms_at, PeerProcess, MIB};
-use virtio_fs_dax::device::{VirtioDevice, VirtioInterrupt, VirtioInterruptType};
+use virtio_fs_dax::device::VirtioDevice;
 use virtio_fs_dax::test_utils::guest::fuse::FUSE_ROOT_ID;
-use virtio_fs_dax::test_utils::{
-    guest_read, guest_write, memfd_guest_memory, FuseSession, SplitQueueDriver,
-};
+use virtio_fs_dax::test_utils::{guest_read, guest_write};
 use virtio_fs_dax::{Dialect, Fs};
 
 const WIN_GPA: u64 = 1 << 34;
 const WINDOW: u64 = 64 * MIB;
-
-struct NoIrq;
-
-impl VirtioInterrupt for NoIrq {
-    fn trigger(&self, _: VirtioInterruptType) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn dax_backend() -> PathBuf {
     let built =
@@ -94,21 +81,10 @@ fn run(dialect: Dialect) {
     fs.set_shm_base(0, WIN_GPA).unwrap();
     fs.connect().unwrap();
     fs.ack_features(fs.features());
-    let mem = memfd_guest_memory(64 << 20).unwrap();
-    let hiprio = SplitQueueDriver::new(mem.clone(), GuestAddress(MIB), 128).unwrap();
-    let request = SplitQueueDriver::new(mem.clone(), GuestAddress(2 * MIB), 128).unwrap();
-    let queues = vec![
-        hiprio.activate_queue(0).unwrap(),
-        request.activate_queue(1).unwrap(),
-    ];
-    fs.activate(GuestMemoryAtomic::new(mem), Arc::new(NoIrq), queues)
-        .expect("activate against dax-backend");
+    let mut s = common::activate_with_guest(&mut fs).expect("activate against dax-backend");
     assert!(fs.session().unwrap().negotiated().dax, "DAX negotiated");
     let window = fs.window().unwrap().clone();
 
-    let mut s = FuseSession::new(request, GuestAddress(4 * MIB), (4 * MIB) as usize)
-        .unwrap()
-        .with_hiprio(hiprio);
     s.init().expect("INIT");
     let (nodeid, _) = s.lookup(FUSE_ROOT_ID, "data.bin").expect("LOOKUP");
     let fh = s.open(nodeid, libc::O_RDWR as u32).expect("OPEN");

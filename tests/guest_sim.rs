@@ -15,31 +15,22 @@ mod common;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
+use vm_memory::{Bytes, GuestAddress};
 
-use virtio_fs_dax::device::{VirtioDevice, VirtioInterrupt, VirtioInterruptType};
+use virtio_fs_dax::device::VirtioDevice;
 use virtio_fs_dax::frontend::DaxFallback;
 use virtio_fs_dax::protocol::{Access, MapEntry};
 use virtio_fs_dax::test_utils::guest::fuse::FUSE_ROOT_ID;
 use virtio_fs_dax::test_utils::{
-    guest_read, guest_write, memfd_guest_memory, FuseSession, GuestError, SplitQueueDriver,
+    guest_read, guest_write, memfd_guest_memory, GuestError, SplitQueueDriver,
 };
 use virtio_fs_dax::{DaxWindow, Fs, Policy};
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
-
-struct NoIrq;
-
-impl VirtioInterrupt for NoIrq {
-    fn trigger(&self, _: VirtioInterruptType) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// The driver against an in-process device side (virtio-queue's own device code): chains of
 /// several descriptors, the ring wrapping many times, descriptors recycled.
@@ -201,20 +192,8 @@ fn fuse_over_vrings_against_virtiofsd() {
     fs.connect().unwrap();
     fs.ack_features(fs.features());
 
-    let mem = memfd_guest_memory(64 << 20).unwrap();
-    let hiprio = SplitQueueDriver::new(mem.clone(), GuestAddress(MIB), 128).unwrap();
-    let request = SplitQueueDriver::new(mem.clone(), GuestAddress(2 * MIB), 128).unwrap();
-    let queues = vec![
-        hiprio.activate_queue(0).unwrap(),
-        request.activate_queue(1).unwrap(),
-    ];
-    fs.activate(GuestMemoryAtomic::new(mem.clone()), Arc::new(NoIrq), queues)
-        .expect("activate against virtiofsd");
+    let mut s = common::activate_with_guest(&mut fs).expect("activate against virtiofsd");
     assert!(!fs.session().unwrap().negotiated().dax);
-
-    let mut s = FuseSession::new(request, GuestAddress(4 * MIB), (4 * MIB) as usize)
-        .unwrap()
-        .with_hiprio(hiprio);
 
     let init = s.init().expect("INIT");
     eprintln!("virtiofsd INIT reply: {init:?}");

@@ -401,3 +401,32 @@ pub fn start_virtiofsd(socket: &std::path::Path, shared: &std::path::Path) -> Pe
         socket,
     )
 }
+
+/// Activates `fs` (built with queue size 128) with a simulated guest: 64 MiB of memfd RAM, the
+/// high-priority and one request queue at 1 MiB and 2 MiB, and a FUSE session whose buffers
+/// live at 4..8 MiB. Returns the session, not yet initialised.
+#[cfg(feature = "test-utils")]
+pub fn activate_with_guest(
+    fs: &mut virtio_fs_dax::Fs,
+) -> Result<virtio_fs_dax::test_utils::FuseSession, virtio_fs_dax::device::Error> {
+    use virtio_fs_dax::device::VirtioDevice;
+    use virtio_fs_dax::test_utils::{memfd_guest_memory, FuseSession, SplitQueueDriver};
+    use vm_memory::{GuestAddress, GuestMemoryAtomic};
+    let mem = memfd_guest_memory(64 << 20).unwrap();
+    let hiprio = SplitQueueDriver::new(mem.clone(), GuestAddress(MIB), 128).unwrap();
+    let request = SplitQueueDriver::new(mem.clone(), GuestAddress(2 * MIB), 128).unwrap();
+    let queues = vec![
+        hiprio.activate_queue(0).unwrap(),
+        request.activate_queue(1).unwrap(),
+    ];
+    fs.activate(
+        GuestMemoryAtomic::new(mem),
+        Arc::new(CountingInterrupt::default()),
+        queues,
+    )?;
+    Ok(
+        FuseSession::new(request, GuestAddress(4 * MIB), (4 * MIB) as usize)
+            .unwrap()
+            .with_hiprio(hiprio),
+    )
+}
