@@ -976,6 +976,22 @@ impl FuseSession {
         data: &[u8],
         reply_len: Option<usize>,
     ) -> Result<Vec<u8>> {
+        self.call_with(opcode, nodeid, args, data, reply_len, None)
+            .map(|(payload, _)| payload)
+    }
+
+    /// [`Self::call`] whose reply data may go to a buffer of the caller's, `out`, instead of the
+    /// scratch area (the reply header still lands in the scratch area). Returns the payload read
+    /// from the scratch area and the used length the device reported.
+    fn call_with(
+        &mut self,
+        opcode: u32,
+        nodeid: u64,
+        args: &[&[u8]],
+        data: &[u8],
+        reply_len: Option<usize>,
+        out: Option<(GuestAddress, u32)>,
+    ) -> Result<(Vec<u8>, u32)> {
         let header = self.header(opcode, nodeid);
         let unique = header.unique;
         let mut req = fuse::request(header, args);
@@ -1012,6 +1028,9 @@ impl FuseSession {
                 writable.push((self.reply_area.unchecked_add(hsize as u64), n as u32));
             }
         }
+        if let Some(buf) = out {
+            writable.push(buf);
+        }
         let timeout = self.timeout;
         let q = match (&mut self.hiprio, opcode) {
             (Some(h), FUSE_FORGET) => h,
@@ -1029,13 +1048,40 @@ impl FuseSession {
             });
         }
         let Some(n) = reply_len else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), len));
         };
+        if let Some((_, room)) = out {
+            // The data went to the caller's buffer: check the header alone, whose `len` counts
+            // that data too.
+            let mut h = [0u8; std::mem::size_of::<OutHeader>()];
+            mem.read_slice(&mut h, self.reply_area)?;
+            let header = OutHeader::from_slice(&h).copied().unwrap_or_default();
+            let limit = (hsize + n) as u64 + u64::from(room);
+            let bad = if header.unique != unique {
+                Some(format!("unique {} for request {unique}", header.unique))
+            } else if u64::from(header.len) < hsize as u64 || u64::from(header.len) > limit {
+                Some(format!("header len {} with room for {limit}", header.len))
+            } else if header.error > 0 || header.error < -4095 {
+                Some(format!("error {} is not a negative errno", header.error))
+            } else {
+                None
+            };
+            if let Some(bad) = bad {
+                return Err(GuestError::BadReply(bad));
+            }
+            if header.error != 0 {
+                return Err(GuestError::Fuse {
+                    opcode,
+                    error: header.error,
+                });
+            }
+            return Ok((Vec::new(), header.len));
+        }
         let written = (len as usize).min(hsize + n);
         let mut reply = vec![0u8; written];
         mem.read_slice(&mut reply, self.reply_area)?;
         match fuse::parse_reply(&reply, unique).map_err(GuestError::BadReply)? {
-            Ok(payload) => Ok(payload.to_vec()),
+            Ok(payload) => Ok((payload.to_vec(), len)),
             Err(error) => Err(GuestError::Fuse { opcode, error }),
         }
     }
@@ -1137,6 +1183,36 @@ impl FuseSession {
             &[],
             Some(size as usize),
         )
+    }
+
+    /// READ up to `size` bytes at `offset` into the guest buffer at `buf`, which may lie anywhere
+    /// in the guest's physical address space: in RAM, or in a DAX window, where the backend cannot
+    /// see it and must have the front-end do the copy (legacy FS_IO). Only the reply header goes
+    /// through the scratch area. Returns the number of bytes read.
+    pub fn read_into(
+        &mut self,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        buf: GuestAddress,
+    ) -> Result<u32> {
+        let arg = ReadIn {
+            fh,
+            offset,
+            size,
+            ..Default::default()
+        };
+        let (_, used) = self.call_with(
+            FUSE_READ,
+            nodeid,
+            &[arg.as_slice()],
+            &[],
+            Some(0),
+            Some((buf, size)),
+        )?;
+        let hsize = std::mem::size_of::<OutHeader>() as u32;
+        Ok(used - hsize)
     }
 
     /// WRITE `data` at `offset`: the bytes written.
