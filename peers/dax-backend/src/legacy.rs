@@ -16,6 +16,7 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 pub const FS_MAP: u32 = 6;
 pub const FS_UNMAP: u32 = 7;
+pub const FS_IO: u32 = 9;
 pub const MAP_R: u64 = 1;
 pub const MAP_W: u64 = 2;
 pub const MAX_ENTRIES: usize = 8;
@@ -129,7 +130,7 @@ impl LegacyChannel {
         code: u32,
         entries: &[(u64, u64, u64, u64)],
         fd: Option<RawFd>,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         assert!(entries.len() <= MAX_ENTRIES);
         let mut msg = Vec::with_capacity(12 + BODY_SIZE);
         msg.extend_from_slice(&code.to_le_bytes());
@@ -165,26 +166,42 @@ impl LegacyChannel {
         if rcode != code || rflags & HDR_REPLY == 0 || rsize != 8 {
             return Err(io::Error::from_raw_os_error(libc::EPROTO));
         }
-        if val != 0 {
-            let neg = (val as i64).wrapping_neg();
-            let errno = if neg > 0 && neg < 4096 {
-                neg as i32
-            } else {
-                libc::EIO
-            };
-            return Err(io::Error::from_raw_os_error(errno));
+        // A negative errno is a refusal; anything else is the request's value.
+        let signed = val as i64;
+        if (-4095..0).contains(&signed) {
+            return Err(io::Error::from_raw_os_error(-signed as i32));
         }
-        Ok(())
+        Ok(val)
+    }
+
+    /// A request whose reply must be 0.
+    fn request_ack(
+        &mut self,
+        code: u32,
+        entries: &[(u64, u64, u64, u64)],
+        fd: Option<RawFd>,
+    ) -> io::Result<()> {
+        match self.request(code, entries, fd)? {
+            0 => Ok(()),
+            _ => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
     }
 
     /// FS_MAP with one fd for all entries `(fd_offset, cache_offset, len, flags)`.
     pub fn fs_map(&mut self, entries: &[(u64, u64, u64, u64)], fd: RawFd) -> io::Result<()> {
-        self.request(FS_MAP, entries, Some(fd))
+        self.request_ack(FS_MAP, entries, Some(fd))
     }
 
     /// FS_UNMAP of `(cache_offset, len)` ranges (at most 8).
     pub fn fs_unmap(&mut self, ranges: &[(u64, u64)]) -> io::Result<()> {
         let entries: Vec<_> = ranges.iter().map(|&(off, len)| (0, off, len, 0)).collect();
-        self.request(FS_UNMAP, &entries, None)
+        self.request_ack(FS_UNMAP, &entries, None)
+    }
+
+    /// FS_IO of entries `(fd_offset, guest_address, len, flags)` (at most 8) on `fd`: the
+    /// front-end copies between the file and guest memory (flags MAP_W: memory to file, else
+    /// file to memory). Returns the bytes done.
+    pub fn fs_io(&mut self, entries: &[(u64, u64, u64, u64)], fd: RawFd) -> io::Result<u64> {
+        self.request(FS_IO, entries, Some(fd))
     }
 }

@@ -9,10 +9,11 @@
 mod legacy;
 
 use std::io;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, RwLock};
 
 use fuse_backend_rs::abi::virtio_fs::{RemovemappingOne, SetupmappingFlags};
+use fuse_backend_rs::api::filesystem::{Context, FileSystem};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, VirtioFsWriter, Writer};
@@ -22,8 +23,9 @@ use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringMutex, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::QueueOwnedT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 /// Standard vhost-user protocol feature SHMEM (current spec): bit 22. vhost 0.16 names bit 21
@@ -154,8 +156,36 @@ impl FsCacheReqHandler for CacheHandler {
     }
 }
 
+/// Catches the fd `PassthroughFs::setupmapping` would map, instead of mapping it: the way to the
+/// open file behind a FUSE (nodeid, fh) for FS_IO.
+#[derive(Default)]
+struct FdCatcher(Option<OwnedFd>);
+
+impl FsCacheReqHandler for FdCatcher {
+    fn map(&mut self, _: u64, _: u64, _: u64, _: u64, fd: RawFd) -> io::Result<()> {
+        // SAFETY: `fd` is open for the duration of this call (the passthrough fs holds it);
+        // F_DUPFD_CLOEXEC makes a new fd that we own.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `dup` is a fresh fd owned by nobody else.
+        self.0 = Some(unsafe { OwnedFd::from_raw_fd(dup) });
+        Ok(())
+    }
+
+    fn unmap(&mut self, _: Vec<RemovemappingOne>) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+}
+
+const FUSE_READ: u32 = 15;
+const FUSE_IN_HEADER: usize = 40;
+const FUSE_OUT_HEADER: usize = 16;
+
 struct FsBackend {
     server: Arc<Server<Arc<Fs>>>,
+    fs: Arc<Fs>,
     mem: Option<GuestMem>,
     event_idx: bool,
     acked_features: u64,
@@ -179,6 +209,14 @@ impl FsBackend {
         let mut used_any = false;
         for chain in chains {
             let head = chain.head_index();
+            let descs: Vec<Descriptor> = chain.clone().collect();
+            if let Some(len) = self.read_through_io(&mem, &descs) {
+                vring
+                    .add_used(head, len)
+                    .map_err(|e| io::Error::other(format!("add_used: {e}")))?;
+                used_any = true;
+                continue;
+            }
             let reader = Reader::from_descriptor_chain(&*mem, chain.clone())
                 .map_err(|e| io::Error::other(format!("reader: {e}")))?;
             let writer = VirtioFsWriter::new(&*mem, chain)
@@ -203,6 +241,120 @@ impl FsBackend {
             vring.signal_used_queue()?;
         }
         Ok(used_any)
+    }
+}
+
+impl FsBackend {
+    /// Serves a FUSE_READ whose data buffers lie outside guest RAM (in a DAX window, which this
+    /// process cannot see) by having the front-end copy the file into them with legacy FS_IO, as
+    /// a Linux guest's DAX `read()` into a DAX-mapped buffer needs. Returns the used length, or
+    /// `None` when the chain is for the ordinary path.
+    fn read_through_io(&mut self, mem: &GuestMemoryMmap<()>, descs: &[Descriptor]) -> Option<u32> {
+        let writable: Vec<&Descriptor> = descs.iter().filter(|d| d.is_write_only()).collect();
+        if writable
+            .iter()
+            .all(|d| mem.check_range(d.addr(), d.len() as usize))
+        {
+            return None;
+        }
+        let mut req = Vec::new();
+        for d in descs.iter().filter(|d| !d.is_write_only()) {
+            let mut part = vec![0u8; d.len() as usize];
+            mem.read_slice(&mut part, d.addr()).ok()?;
+            req.extend_from_slice(&part);
+        }
+        let u32_at = |o: usize| Some(u32::from_le_bytes(req.get(o..o + 4)?.try_into().ok()?));
+        let u64_at = |o: usize| Some(u64::from_le_bytes(req.get(o..o + 8)?.try_into().ok()?));
+        if u32_at(4)? != FUSE_READ {
+            return None;
+        }
+        let unique = u64_at(8)?;
+        let nodeid = u64_at(16)?;
+        let ctx = Context {
+            uid: u32_at(24)?,
+            gid: u32_at(28)?,
+            pid: u32_at(32)? as libc::pid_t,
+        };
+        let fh = u64_at(FUSE_IN_HEADER)?;
+        let offset = u64_at(FUSE_IN_HEADER + 8)?;
+        let size = u64::from(u32_at(FUSE_IN_HEADER + 16)?);
+        // The reply header must be in guest RAM, alone in the first writable descriptor.
+        let (hdr, data) = writable.split_first()?;
+        if !mem.check_range(hdr.addr(), FUSE_OUT_HEADER) {
+            return None;
+        }
+        let result = self.io_read(&ctx, nodeid, fh, offset, size, data);
+        let (done, error) = match result {
+            Ok(n) => (n, 0i32),
+            Err(e) => {
+                warn!("FUSE_READ through FS_IO: {e}");
+                (0, -e.raw_os_error().unwrap_or(libc::EIO))
+            }
+        };
+        let len = FUSE_OUT_HEADER as u32 + done as u32;
+        let mut out = [0u8; FUSE_OUT_HEADER];
+        out[0..4].copy_from_slice(&len.to_le_bytes());
+        out[4..8].copy_from_slice(&error.to_le_bytes());
+        out[8..16].copy_from_slice(&unique.to_le_bytes());
+        mem.write_slice(&out, hdr.addr()).ok()?;
+        Some(if error == 0 {
+            len
+        } else {
+            FUSE_OUT_HEADER as u32
+        })
+    }
+
+    fn io_read(
+        &mut self,
+        ctx: &Context,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        size: u64,
+        data: &[&Descriptor],
+    ) -> io::Result<u64> {
+        let ch = self
+            .cache
+            .legacy
+            .as_mut()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOSYS))?;
+        let mut catcher = FdCatcher::default();
+        self.fs.setupmapping(
+            ctx,
+            nodeid,
+            fh,
+            offset,
+            size,
+            SetupmappingFlags::READ.bits(),
+            0,
+            &mut catcher,
+        )?;
+        let fd = catcher
+            .0
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        let mut entries = Vec::new();
+        let mut left = size;
+        let mut at = offset;
+        for d in data {
+            if left == 0 {
+                break;
+            }
+            let len = u64::from(d.len()).min(left);
+            entries.push((at, d.addr().0, len, legacy::MAP_R));
+            at += len;
+            left -= len;
+        }
+        let mut done = 0;
+        for chunk in entries.chunks(legacy::MAX_ENTRIES) {
+            let want: u64 = chunk.iter().map(|e| e.2).sum();
+            let n = ch.fs_io(chunk, fd.as_raw_fd())?;
+            done += n;
+            if n < want {
+                break;
+            }
+        }
+        debug!("FUSE_READ through FS_IO: {done} of {size} bytes at {offset:#x}");
+        Ok(done)
     }
 }
 
@@ -391,10 +543,12 @@ fn main() {
         eprintln!("dax-backend: import {}: {e}", args.shared_dir);
         std::process::exit(1);
     }
-    let server = Arc::new(Server::new(Arc::new(fs)));
+    let fs = Arc::new(fs);
+    let server = Arc::new(Server::new(fs.clone()));
 
     let backend = Arc::new(RwLock::new(FsBackend {
         server,
+        fs,
         mem: None,
         event_idx: false,
         acked_features: 0,
