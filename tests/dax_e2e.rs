@@ -134,6 +134,73 @@ fn run(dialect: Dialect) {
     assert_eq!(buf[..4096], data[2 * MIB as usize..2 * MIB as usize + 4096]);
     assert_eq!(fs.metrics().total_refusals(), 0);
 
+    // A FUSE_READ whose buffer lies inside the window (a guest read() into a DAX-mapped
+    // buffer): the backend cannot see the window, so it asks the device to do the copy (FS_IO,
+    // legacy dialect). The target is a writable mapping of another file.
+    let other: Vec<u8> = (0..2 * MIB as usize).map(|i| (i % 251) as u8).collect();
+    std::fs::write(shared.join("other.bin"), vec![0u8; other.len()]).unwrap();
+    let (onode, _) = s.lookup(FUSE_ROOT_ID, "other.bin").expect("LOOKUP other");
+    let ofh = s.open(onode, libc::O_RDWR as u32).expect("OPEN other");
+    s.setupmapping(onode, ofh, 0, 2 * MIB, true, 4 * MIB)
+        .expect("SETUPMAPPING other, writable");
+    let target = WIN_GPA + 4 * MIB + 4096;
+    let len = 256 * 1024;
+    let from = MIB + 123;
+    let ios = fs.metrics().ios();
+    match dialect {
+        Dialect::Legacy => {
+            let n = s
+                .read_into(nodeid, fh, from, len, vm_memory::GuestAddress(target))
+                .expect("FUSE_READ into the window through FS_IO");
+            assert_eq!(n, len);
+            let mut got = vec![0u8; len as usize];
+            guest_read(&window, WIN_GPA, target, &mut got).unwrap();
+            let want = &data[from as usize..(from + u64::from(len)) as usize];
+            assert!(got == want, "the file bytes landed in the window");
+            assert!(fs.metrics().ios() > ios, "served through the IO path");
+            let mut host = vec![0u8; len as usize];
+            std::fs::File::open(shared.join("other.bin"))
+                .unwrap()
+                .read_exact_at(&mut host, 4096)
+                .unwrap();
+            assert!(
+                host == want,
+                "and, through the shared mapping, in the other file"
+            );
+
+            // Into a part of the window that nothing maps: refused with EFAULT, and the session
+            // goes on.
+            let err = s
+                .read_into(
+                    nodeid,
+                    fh,
+                    0,
+                    4096,
+                    vm_memory::GuestAddress(WIN_GPA + 8 * MIB),
+                )
+                .expect_err("a read into an unmapped window range");
+            assert_eq!(err.errno(), Some(-libc::EFAULT), "{err}");
+            assert!(fs.metrics().total_refusals() > 0);
+            assert_eq!(
+                s.getattr(nodeid).expect("GETATTR after").size,
+                data.len() as u64
+            );
+        }
+        Dialect::Standard => {
+            // The standard dialect has no FS_IO (MEM_READ/MEM_WRITE is experimental and not
+            // offered by this backend): the read fails, cleanly, and the session goes on.
+            let err = s
+                .read_into(nodeid, fh, from, len, vm_memory::GuestAddress(target))
+                .expect_err("no IO path in the standard dialect");
+            assert_eq!(err.errno(), Some(-libc::ENOSYS), "{err}");
+            assert_eq!(fs.metrics().ios(), ios);
+            assert_eq!(
+                s.getattr(nodeid).expect("GETATTR after").size,
+                data.len() as u64
+            );
+        }
+    }
+
     // The backend killed while ranges are mapped: the mappings are gone.
     backend.kill9();
     let start = Instant::now();
@@ -147,6 +214,99 @@ fn run(dialect: Dialect) {
     assert_eq!(window.live_mappings(), 0);
     assert_eq!(perms_at(&window, 0), "---p");
     assert_eq!(perms_at(&window, 2 * MIB), "---p");
+
+    // A restarted backend serves again: reconnect, a new FUSE session over the same queues, and
+    // a fresh mapping of the file.
+    let _backend = start_backend(&socket, &shared, dialect == Dialect::Legacy);
+    fs.reconnect().expect("reconnect to the restarted backend");
+    assert!(
+        fs.session().unwrap().negotiated().dax,
+        "DAX after reconnect"
+    );
+    assert!(!fs.check_backend());
+    s.init().expect("INIT on the restarted backend");
+    let (nodeid, _) = s.lookup(FUSE_ROOT_ID, "data.bin").expect("LOOKUP again");
+    let fh = s.open(nodeid, libc::O_RDONLY as u32).expect("OPEN again");
+    s.setupmapping(nodeid, fh, 4 * MIB, 2 * MIB, false, 0)
+        .expect("SETUPMAPPING after restart");
+    guest_read(&window, WIN_GPA, WIN_GPA, &mut buf).unwrap();
+    assert!(
+        buf == data[4 * MIB as usize..],
+        "file bytes after the restart"
+    );
+    assert_eq!(window.live_mappings(), 1);
+}
+
+/// A window smaller than the file: the guest reads the whole file through two 2 MiB slots,
+/// evicting the older slot's range (REMOVEMAPPING) before mapping the next (SETUPMAPPING), as
+/// the Linux guest's DAX range reclaim does.
+fn reclaim(dialect: Dialect) {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let data: Vec<u8> = (0..16 * MIB as usize)
+        .map(|i| ((i / 4096) as u8) ^ (i as u8))
+        .collect();
+    std::fs::write(shared.join("big.bin"), &data).unwrap();
+    let socket = dir.path().join("dax.sock");
+    let _backend = start_backend(&socket, &shared, dialect == Dialect::Legacy);
+    let slots = 2;
+    let mut fs = Fs::builder("small")
+        .socket_path(&socket)
+        .window_size(slots * 2 * MIB)
+        .dialect(dialect)
+        .queue_size(128)
+        .build()
+        .unwrap();
+    fs.set_shm_base(0, WIN_GPA).unwrap();
+    fs.connect().unwrap();
+    fs.ack_features(fs.features());
+    let mut s = common::activate_with_guest(&mut fs).expect("activate");
+    let window = fs.window().unwrap().clone();
+    s.init().expect("INIT");
+    let (nodeid, _) = s.lookup(FUSE_ROOT_ID, "big.bin").expect("LOOKUP");
+    let fh = s.open(nodeid, libc::O_RDONLY as u32).expect("OPEN");
+
+    // The window is too small for the file: mapping past its end is refused (ERANGE; vhost
+    // 0.16's `Backend`, which the standard dialect's peer sends through, turns every refusal
+    // into EIO), and the session goes on.
+    let err = s
+        .setupmapping(nodeid, fh, 0, 2 * MIB, false, slots * 2 * MIB)
+        .expect_err("a range past the window's end");
+    let expected = match dialect {
+        Dialect::Legacy => libc::ERANGE,
+        Dialect::Standard => libc::EIO,
+    };
+    assert_eq!(err.errno(), Some(-expected), "{err}");
+    assert_eq!(
+        fs.metrics().refusals(virtio_fs_dax::Refusal::OutOfWindow),
+        1
+    );
+
+    let mut held: Vec<Option<u64>> = vec![None; slots as usize];
+    let mut chunk = vec![0u8; 2 * MIB as usize];
+    for (i, want) in data.chunks(2 * MIB as usize).enumerate() {
+        let slot = i % slots as usize;
+        let moffset = slot as u64 * 2 * MIB;
+        if held[slot].take().is_some() {
+            s.removemapping(&[(moffset, 2 * MIB)]).expect("evict");
+            assert_eq!(perms_at(&window, moffset), "---p");
+        }
+        s.setupmapping(nodeid, fh, i as u64 * 2 * MIB, 2 * MIB, false, moffset)
+            .expect("map the next range");
+        held[slot] = Some(i as u64);
+        guest_read(&window, WIN_GPA, WIN_GPA + moffset, &mut chunk).unwrap();
+        assert!(chunk == want, "range {i} through slot {slot}");
+        assert!(window.live_mappings() <= slots as usize);
+    }
+    let m = fs.metrics();
+    assert_eq!(m.maps(), 8, "one SETUPMAPPING per 2 MiB of the file");
+    assert_eq!(m.unmaps(), 6, "every range but the last two was evicted");
+    assert_eq!(
+        m.total_refusals(),
+        1,
+        "only the out-of-window request was refused"
+    );
 }
 
 #[test]
@@ -157,4 +317,14 @@ fn standard_dialect_end_to_end() {
 #[test]
 fn legacy_dialect_end_to_end() {
     run(Dialect::Legacy);
+}
+
+#[test]
+fn standard_window_smaller_than_the_file() {
+    reclaim(Dialect::Standard);
+}
+
+#[test]
+fn legacy_window_smaller_than_the_file() {
+    reclaim(Dialect::Legacy);
 }
