@@ -56,6 +56,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
+use vm_memory::volatile_memory::VolatileSlice;
 use vm_memory::{
     Address, ByteValued, Bytes, FileOffset, GuestAddress, GuestMemoryError, GuestMemoryMmap,
 };
@@ -1349,12 +1350,13 @@ fn window_access(
 /// truncated below the range (`SIGBUS`), as a guest driver does by holding its mappings.
 pub fn guest_read(window: &DaxWindow, gpa_base: u64, gpa: u64, buf: &mut [u8]) -> Result<()> {
     let p = window_access(window, gpa_base, gpa, buf.len(), false)?;
-    for (i, b) in buf.iter_mut().enumerate() {
-        // SAFETY: `window_access` checked that `[p, p + buf.len())` is inside the window's
-        // reservation and covered by live readable mappings; the caller keeps them live (see
-        // above). Volatile, because the backend or the file may change the bytes under us.
-        *b = unsafe { p.add(i).read_volatile() };
-    }
+    // SAFETY: `window_access` checked that `[p, p + buf.len())` is inside the window's
+    // reservation and covered by live readable mappings; the caller keeps them live (see above).
+    // Accessed only through volatile copies, since the backend or the file may change the bytes
+    // under us.
+    let slice = unsafe { VolatileSlice::new(p, buf.len()) };
+    // Aligned loads of up to 8 bytes, as a guest's copy loop would do.
+    slice.copy_to(buf);
     Ok(())
 }
 
@@ -1363,11 +1365,11 @@ pub fn guest_read(window: &DaxWindow, gpa_base: u64, gpa: u64, buf: &mut [u8]) -
 /// [`guest_read`] for the errors and what the caller must guarantee.
 pub fn guest_write(window: &DaxWindow, gpa_base: u64, gpa: u64, data: &[u8]) -> Result<()> {
     let p = window_access(window, gpa_base, gpa, data.len(), true)?;
-    for (i, b) in data.iter().enumerate() {
-        // SAFETY: `window_access` checked that `[p, p + data.len())` is inside the window's
-        // reservation and covered by live writable mappings, which the caller keeps live.
-        unsafe { p.add(i).write_volatile(*b) };
-    }
+    // SAFETY: `window_access` checked that `[p, p + data.len())` is inside the window's
+    // reservation and covered by live writable mappings, which the caller keeps live; accessed
+    // only through volatile copies.
+    let slice = unsafe { VolatileSlice::new(p, data.len()) };
+    slice.copy_from(data);
     Ok(())
 }
 
