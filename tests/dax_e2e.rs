@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::{perms_at, PeerProcess, MIB};
 use virtio_fs_dax::device::VirtioDevice;
 use virtio_fs_dax::test_utils::guest::fuse::FUSE_ROOT_ID;
-use virtio_fs_dax::test_utils::{guest_read, guest_write};
+use virtio_fs_dax::test_utils::{guest_read, guest_write, FuseSession};
 use virtio_fs_dax::{Dialect, Fs};
 
 const WIN_GPA: u64 = 1 << 34;
@@ -62,17 +62,13 @@ fn sample(shared: &Path) -> Vec<u8> {
     data
 }
 
-fn run(dialect: Dialect) {
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir(&shared).unwrap();
-    let data = sample(&shared);
-    let socket = dir.path().join("dax.sock");
-    let mut backend = start_backend(&socket, &shared, dialect == Dialect::Legacy);
-
+/// The device with a `window`-byte window at `WIN_GPA`, connected to the backend on `socket`
+/// and activated by the simulated guest, DAX negotiated; the guest's FUSE session, not yet
+/// initialised.
+fn device(socket: &Path, window: u64, dialect: Dialect) -> (Fs, FuseSession) {
     let mut fs = Fs::builder("dax")
-        .socket_path(&socket)
-        .window_size(WINDOW)
+        .socket_path(socket)
+        .window_size(window)
         .dialect(dialect)
         .replace_exact(true)
         .queue_size(128)
@@ -81,8 +77,20 @@ fn run(dialect: Dialect) {
     fs.set_shm_base(0, WIN_GPA).unwrap();
     fs.connect().unwrap();
     fs.ack_features(fs.features());
-    let mut s = common::activate_with_guest(&mut fs).expect("activate against dax-backend");
+    let s = common::activate_with_guest(&mut fs).expect("activate against dax-backend");
     assert!(fs.session().unwrap().negotiated().dax, "DAX negotiated");
+    (fs, s)
+}
+
+fn run(dialect: Dialect) {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let data = sample(&shared);
+    let socket = dir.path().join("dax.sock");
+    let mut backend = start_backend(&socket, &shared, dialect == Dialect::Legacy);
+
+    let (mut fs, mut s) = device(&socket, WINDOW, dialect);
     let window = fs.window().unwrap().clone();
 
     s.init().expect("INIT");
@@ -251,17 +259,7 @@ fn reclaim(dialect: Dialect) {
     let socket = dir.path().join("dax.sock");
     let _backend = start_backend(&socket, &shared, dialect == Dialect::Legacy);
     let slots = 2;
-    let mut fs = Fs::builder("small")
-        .socket_path(&socket)
-        .window_size(slots * 2 * MIB)
-        .dialect(dialect)
-        .queue_size(128)
-        .build()
-        .unwrap();
-    fs.set_shm_base(0, WIN_GPA).unwrap();
-    fs.connect().unwrap();
-    fs.ack_features(fs.features());
-    let mut s = common::activate_with_guest(&mut fs).expect("activate");
+    let (fs, mut s) = device(&socket, slots * 2 * MIB, dialect);
     let window = fs.window().unwrap().clone();
     s.init().expect("INIT");
     let (nodeid, _) = s.lookup(FUSE_ROOT_ID, "big.bin").expect("LOOKUP");

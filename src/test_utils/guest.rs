@@ -983,7 +983,8 @@ impl FuseSession {
 
     /// [`Self::call`] whose reply data may go to a buffer of the caller's, `out`, instead of the
     /// scratch area (the reply header still lands in the scratch area). Returns the payload read
-    /// from the scratch area and the used length the device reported.
+    /// from the scratch area, and the reply's length: the used length the device reported, or
+    /// with `out`, the length the reply header gives (checked against the room offered).
     fn call_with(
         &mut self,
         opcode: u32,
