@@ -627,3 +627,310 @@ pub fn encode_reply_with(request: u32, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(payload);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M2: u64 = 2 << 20;
+
+    fn message(request: u32, flags: u32, body: &[u8]) -> Vec<u8> {
+        let mut v = RawHeader {
+            request,
+            flags,
+            size: body.len() as u32,
+        }
+        .as_slice()
+        .to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn mmap(shm_offset: u64, fd_offset: u64, len: u64, flags: u64) -> Vec<u8> {
+        VhostUserMMap {
+            shmid: 3,
+            fd_offset,
+            shm_offset,
+            len,
+            flags,
+            ..Default::default()
+        }
+        .as_slice()
+        .to_vec()
+    }
+
+    fn fs_msg(entries: &[(u64, u64, u64, u64)]) -> Vec<u8> {
+        let mut m = FsBackendMsg::default();
+        for (i, &(fd_offset, cache_offset, len, flags)) in entries.iter().enumerate() {
+            m.fd_offset[i] = fd_offset;
+            m.cache_offset[i] = cache_offset;
+            m.len[i] = len;
+            m.flags[i] = flags;
+        }
+        m.as_slice().to_vec()
+    }
+
+    /// Decodes `msg` placed at every offset 0..8 of a buffer, so that unaligned bodies (as the
+    /// socket loop's buffer may hold them) are read too; every placement must agree.
+    fn decode_anywhere(dialect: Dialect, msg: &[u8], nfds: usize) -> Result<Request, DecodeError> {
+        let mut first = None;
+        for shift in 0..8 {
+            let mut buf = vec![0u8; shift];
+            buf.extend_from_slice(msg);
+            let got = decode_message(dialect, &buf[shift..], nfds);
+            match &first {
+                None => first = Some(got),
+                Some(f) => assert_eq!(f, &got, "placement {shift} decodes differently"),
+            }
+        }
+        first.unwrap()
+    }
+
+    #[test]
+    fn standard_map_and_unmap() {
+        let need = VERSION | FLAG_NEED_REPLY;
+        let map = message(standard::SHMEM_MAP, need, &mmap(M2, 4096, M2, 1));
+        assert_eq!(
+            decode_anywhere(Dialect::Standard, &map, 1),
+            Ok(Request::ShmemMap {
+                shmid: 3,
+                entry: MapEntry {
+                    offset: M2,
+                    fd_offset: 4096,
+                    len: M2,
+                    access: Access::ReadWrite,
+                },
+            })
+        );
+        let unmap = message(standard::SHMEM_UNMAP, VERSION, &mmap(0, 0, M2, 0));
+        assert_eq!(
+            decode_anywhere(Dialect::Standard, &unmap, 0),
+            Ok(Request::ShmemUnmap {
+                shmid: 3,
+                range: Range { offset: 0, len: M2 },
+            })
+        );
+        // The legacy codes mean something else in this dialect.
+        let fs = message(legacy::FS_MAP, VERSION, &fs_msg(&[]));
+        assert_eq!(
+            decode_anywhere(Dialect::Standard, &fs, 1),
+            Err(DecodeError::Unsupported {
+                request: legacy::FS_MAP,
+                dialect: Dialect::Standard,
+            })
+        );
+    }
+
+    #[test]
+    fn standard_refusals_in_order() {
+        let ok = mmap(0, 0, M2, 0);
+        let map = |flags: u32, body: &[u8]| message(standard::SHMEM_MAP, flags, body);
+        let cases: Vec<(Vec<u8>, usize, DecodeError)> = vec![
+            (map(0x2, &ok), 1, DecodeError::BadVersion { flags: 0x2 }),
+            (
+                map(VERSION | FLAG_REPLY, &ok),
+                1,
+                DecodeError::ReplyFlag {
+                    flags: VERSION | FLAG_REPLY,
+                },
+            ),
+            (
+                map(VERSION | 0x100, &ok),
+                1,
+                DecodeError::UnknownHeaderFlags {
+                    flags: VERSION | 0x100,
+                },
+            ),
+            (
+                map(VERSION, &ok[..39]),
+                1,
+                DecodeError::BadSize {
+                    request: standard::SHMEM_MAP,
+                    size: 39,
+                    expected: 40,
+                },
+            ),
+            (
+                map(VERSION, &ok),
+                0,
+                DecodeError::BadFdCount {
+                    request: standard::SHMEM_MAP,
+                    got: 0,
+                    expected: 1,
+                },
+            ),
+            (map(VERSION, &mmap(0, 0, 0, 0)), 1, DecodeError::ZeroLength),
+            (
+                map(VERSION, &mmap(0, 0, M2, 2)),
+                1,
+                DecodeError::BadFlags { flags: 2 },
+            ),
+            (
+                map(VERSION, &mmap(u64::MAX - 1, 0, M2, 0)),
+                1,
+                DecodeError::Overflow {
+                    offset: u64::MAX - 1,
+                    len: M2,
+                },
+            ),
+            (
+                map(VERSION, &mmap(0, u64::MAX, M2, 0)),
+                1,
+                DecodeError::Overflow {
+                    offset: u64::MAX,
+                    len: M2,
+                },
+            ),
+        ];
+        for (msg, nfds, want) in cases {
+            assert_eq!(decode_anywhere(Dialect::Standard, &msg, nfds), Err(want));
+        }
+        // Too short for a header; trailing bytes after the announced body.
+        assert!(matches!(
+            decode_message(Dialect::Standard, &[1, 0, 0], 0),
+            Err(DecodeError::BadSize { expected: 12, .. })
+        ));
+        let mut long = map(VERSION, &ok);
+        long.push(0);
+        assert!(matches!(
+            decode_anywhere(Dialect::Standard, &long, 1),
+            Err(DecodeError::BadSize { .. })
+        ));
+        let mut raw = map(VERSION, &ok);
+        raw[8..12].copy_from_slice(&(MAX_BODY_SIZE as u32 + 1).to_le_bytes());
+        assert_eq!(
+            decode_anywhere(Dialect::Standard, &raw, 1),
+            Err(DecodeError::Oversized {
+                size: MAX_BODY_SIZE as u32 + 1
+            })
+        );
+    }
+
+    #[test]
+    fn legacy_requests() {
+        let r = FS_FLAG_MAP_R;
+        let rw = FS_FLAG_MAP_R | FS_FLAG_MAP_W;
+        // Zero-length entries are skipped, wherever they are.
+        let map = fs_msg(&[(0, 0, M2, r), (0, 0, 0, 0), (M2, 4 * M2, M2, rw)]);
+        assert_eq!(
+            decode_anywhere(Dialect::Legacy, &message(legacy::FS_MAP, VERSION, &map), 1),
+            Ok(Request::FsMap(vec![
+                MapEntry {
+                    offset: 0,
+                    fd_offset: 0,
+                    len: M2,
+                    access: Access::ReadOnly,
+                },
+                MapEntry {
+                    offset: 4 * M2,
+                    fd_offset: M2,
+                    len: M2,
+                    access: Access::ReadWrite,
+                },
+            ]))
+        );
+        let unmap = fs_msg(&[(0, M2, M2, 0)]);
+        assert_eq!(
+            decode_anywhere(
+                Dialect::Legacy,
+                &message(legacy::FS_UNMAP, VERSION, &unmap),
+                0
+            ),
+            Ok(Request::FsUnmap(vec![Range {
+                offset: M2,
+                len: M2
+            }]))
+        );
+        let all = fs_msg(&[(0, 0, u64::MAX, 0)]);
+        assert_eq!(
+            decode_anywhere(
+                Dialect::Legacy,
+                &message(legacy::FS_UNMAP, VERSION, &all),
+                0
+            ),
+            Ok(Request::FsUnmapAll)
+        );
+        let sync = fs_msg(&[(0, 0, 4096, 0)]);
+        assert_eq!(
+            decode_anywhere(
+                Dialect::Legacy,
+                &message(legacy::FS_SYNC, VERSION, &sync),
+                0
+            ),
+            Ok(Request::FsSync(vec![Range {
+                offset: 0,
+                len: 4096
+            }]))
+        );
+        let io = fs_msg(&[(8, 1 << 30, 100, 0), (0, 4096, 10, FS_FLAG_MAP_W)]);
+        assert_eq!(
+            decode_anywhere(Dialect::Legacy, &message(legacy::FS_IO, VERSION, &io), 1),
+            Ok(Request::FsIo(vec![
+                IoEntry {
+                    gpa: 1 << 30,
+                    fd_offset: 8,
+                    len: 100,
+                    direction: IoDirection::ReadFile,
+                },
+                IoEntry {
+                    gpa: 4096,
+                    fd_offset: 0,
+                    len: 10,
+                    direction: IoDirection::WriteFile,
+                },
+            ]))
+        );
+        // A map without MAP_R, a map with its fd missing, a wrapping range.
+        let no_r = fs_msg(&[(0, 0, M2, FS_FLAG_MAP_W)]);
+        assert_eq!(
+            decode_anywhere(Dialect::Legacy, &message(legacy::FS_MAP, VERSION, &no_r), 1),
+            Err(DecodeError::BadFlags {
+                flags: FS_FLAG_MAP_W
+            })
+        );
+        assert_eq!(
+            decode_anywhere(Dialect::Legacy, &message(legacy::FS_MAP, VERSION, &map), 2),
+            Err(DecodeError::BadFdCount {
+                request: legacy::FS_MAP,
+                got: 2,
+                expected: 1,
+            })
+        );
+        let wrap = fs_msg(&[(0, u64::MAX - 4095, 8192, 0)]);
+        assert_eq!(
+            decode_anywhere(
+                Dialect::Legacy,
+                &message(legacy::FS_SYNC, VERSION, &wrap),
+                0
+            ),
+            Err(DecodeError::Overflow {
+                offset: u64::MAX - 4095,
+                len: 8192,
+            })
+        );
+        assert_eq!(
+            decode_anywhere(
+                Dialect::Legacy,
+                &message(standard::SHMEM_UNMAP, VERSION, &mmap(0, 0, M2, 0)),
+                0
+            ),
+            Err(DecodeError::Unsupported {
+                request: standard::SHMEM_UNMAP,
+                dialect: Dialect::Legacy,
+            })
+        );
+    }
+
+    #[test]
+    fn replies() {
+        let r = encode_reply(standard::SHMEM_MAP, (-(libc::EINVAL as i64)) as u64);
+        assert_eq!(r.len(), HEADER_SIZE + 8);
+        assert_eq!(&r[0..4], &standard::SHMEM_MAP.to_le_bytes());
+        assert_eq!(&r[4..8], &(VERSION | FLAG_REPLY).to_le_bytes());
+        assert_eq!(&r[8..12], &8u32.to_le_bytes());
+        assert_eq!(i64::from_le_bytes(r[12..].try_into().unwrap()), -22);
+        let d = encode_reply_with(standard::MEM_READ, &[1, 2, 3]);
+        assert_eq!(&d[8..12], &3u32.to_le_bytes());
+        assert_eq!(&d[12..], &[1, 2, 3]);
+    }
+}
