@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs when missing, then runs fmt, clippy, tests (every
-# feature combination), docs, the coverage gate and short fuzz runs. Fails on the first red step.
+# feature combination), Miri on the pure modules (where a toolchain has it), docs, the coverage
+# gate and short fuzz runs. Fails on the first red step.
 #
 #   bash scripts/test.sh            # everything
 #   FUZZ_SECONDS=10 bash scripts/test.sh
@@ -47,6 +48,24 @@ cargo clippy --all-targets --all-features -- "${CLIPPY_FLAGS[@]}"
 step "tests"
 cargo test
 cargo test --all-features
+
+step "miri (the decoder and the range bookkeeping)"
+# The pure modules under Miri: the decoder (src/protocol, bodies at every alignment) and
+# src/window/ranges.rs. Miri ships with nightly toolchains only: the active toolchain's when it
+# has or can add it, else an installed nightly's; with neither, one line says so and we go on.
+miri=""
+for tc in "$(rustup show active-toolchain | cut -d' ' -f1)" nightly; do
+    rustup toolchain list | grep -q "^$tc" || continue
+    if rustup component add --toolchain "$tc" miri rust-src >/dev/null 2>&1; then
+        miri=$tc
+        break
+    fi
+done
+if [ -n "$miri" ]; then
+    cargo "+$miri" miri test --lib -- protocol:: window::ranges::
+else
+    echo "miri: skipped: neither the active toolchain nor an installed nightly has or can add the miri component"
+fi
 
 step "benches (smoke run, criterion --test mode)"
 cargo bench --bench main -- --test
