@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs when missing, then runs fmt, clippy, tests (every
-# feature combination), Miri on the pure modules (where a toolchain has it), docs, the coverage
-# gate and short fuzz runs. Fails on the first red step.
+# feature combination, and the dax-backend peer's), the demo, Miri on the pure modules (where a
+# toolchain has it), the benches' smoke run, docs, the coverage gate and short fuzz runs. Fails
+# on the first red step.
 #
 #   bash scripts/test.sh            # everything
 #   FUZZ_SECONDS=10 bash scripts/test.sh
@@ -40,6 +41,7 @@ export DAX_BACKEND="$PWD/peers/dax-backend/target/release/dax-backend"
 step "fmt"
 cargo fmt --all -- --check
 (cd fuzz && cargo fmt --all -- --check)
+(cd peers/dax-backend && cargo fmt --all -- --check)
 
 step "clippy (every feature combination)"
 cargo clippy --all-targets -- "${CLIPPY_FLAGS[@]}"
@@ -48,6 +50,10 @@ cargo clippy --all-targets --all-features -- "${CLIPPY_FLAGS[@]}"
 step "tests"
 cargo test
 cargo test --all-features
+(cd peers/dax-backend && cargo test --release --locked)
+
+step "demo (the README's first command, fewer latency rounds)"
+cargo run --release --example demo -- --rounds 200
 
 step "miri (the decoder and the range bookkeeping)"
 # The pure modules under Miri: the decoder (src/protocol, bodies at every alignment) and
