@@ -221,8 +221,21 @@ impl MappingTable {
     /// Forgets `[offset, offset + len)`, trimming or splitting mappings it covers in part.
     /// Returns the number of mappings that were removed whole.
     pub fn remove(&mut self, offset: u64, len: u64) -> usize {
+        // The common cases first, with one tree descent and no allocation: the range is exactly
+        // one mapping (mappings never overlap, so nothing else can intersect it), or nothing.
+        if let Some(&(l, _)) = self.map.get(&offset) {
+            if l == len {
+                self.map.remove(&offset);
+                self.bytes -= len;
+                return 1;
+            }
+        }
+        let mut hits = self.overlapping(offset, len).peekable();
+        if hits.peek().is_none() {
+            return 0;
+        }
+        let hits: Vec<Mapping> = hits.collect();
         let end = offset.saturating_add(len);
-        let hits: Vec<Mapping> = self.overlapping(offset, len).collect();
         let mut whole = 0;
         for m in hits {
             self.map.remove(&m.offset);
