@@ -1356,7 +1356,8 @@ pub fn guest_read(window: &DaxWindow, gpa_base: u64, gpa: u64, buf: &mut [u8]) -
     // Accessed only through volatile copies, since the backend or the file may change the bytes
     // under us.
     let slice = unsafe { VolatileSlice::new(p, buf.len()) };
-    // Aligned loads of up to 8 bytes, as a guest's copy loop would do.
+    // vm-memory's copy: one volatile access up to a word, a memcpy beyond, as a guest's copy
+    // loop would run.
     slice.copy_to(buf);
     Ok(())
 }
