@@ -16,7 +16,7 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{perms_at, PeerProcess, MIB};
 use virtio_fs_dax::device::VirtioDevice;
@@ -211,14 +211,7 @@ fn run(dialect: Dialect) {
 
     // The backend killed while ranges are mapped: the mappings are gone.
     backend.kill9();
-    let start = Instant::now();
-    while !fs.check_backend() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "backend death not noticed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_backend_lost(&mut fs, Duration::from_secs(10), "backend death");
     assert_eq!(window.live_mappings(), 0);
     assert_eq!(perms_at(&window, 0), "---p");
     assert_eq!(perms_at(&window, 2 * MIB), "---p");

@@ -134,11 +134,7 @@ fn shmem_session_map_reset_reconnect() {
     backend.shmem_map(&map(2 * MIB, 2 * MIB), &file).unwrap();
     assert_eq!(w.live_mappings(), 1);
     server.disconnect();
-    let start = std::time::Instant::now();
-    while !fs.check_backend() {
-        assert!(start.elapsed() < T, "backend loss not noticed");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_backend_lost(&mut fs, T, "backend loss");
     assert_eq!(
         w.live_mappings(),
         0,

@@ -10,7 +10,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
 use vm_memory::GuestMemoryAtomic;
@@ -72,14 +72,7 @@ fn handshake_kill9_restart_reconnect() {
     // Kill -9: the device notices through its backend channel and reconnects to a restarted
     // virtiofsd.
     daemon.kill9();
-    let start = Instant::now();
-    while !fs.check_backend() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "kill -9 not noticed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_backend_lost(&mut fs, Duration::from_secs(10), "kill -9");
     assert!(fs.backend_fd().is_none(), "the dead session is torn down");
     assert_eq!(fs.window().unwrap().live_mappings(), 0);
     let _daemon = start_virtiofsd(&socket, &shared);

@@ -355,6 +355,16 @@ impl Drop for PeerProcess {
     }
 }
 
+/// Waits (`timeout` at most) until `fs` notices that its backend is gone, and fails the test
+/// with `what` if it does not.
+pub fn wait_backend_lost(fs: &mut virtio_fs_dax::Fs, timeout: std::time::Duration, what: &str) {
+    let start = std::time::Instant::now();
+    while !fs.check_backend() {
+        assert!(start.elapsed() < timeout, "{what} not noticed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// virtiofsd: `$VIRTIOFSD`, then `~/.local/virtio-fs-dax/bin/virtiofsd` (where
 /// `scripts/test.sh` installs it), then `PATH`. Panics with how to get it when missing.
 pub fn virtiofsd() -> std::path::PathBuf {
