@@ -50,13 +50,17 @@ pub enum Refusal {
     NotMapped,
     /// IO at a guest address that is not guest memory or a mapped window range.
     BadAddress,
-    /// The syscall failed (mmap, msync, pread, pwrite).
+    /// The syscall failed (mmap, msync, pread, pwrite), or the window is poisoned.
     Syscall,
+    /// The request would leave more live mappings than the window holds.
+    Limit,
+    /// The request came from a session that has ended (its window generation is over).
+    Stale,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 14] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::Header,
         Refusal::Size,
         Refusal::Unsupported,
@@ -71,6 +75,8 @@ impl Refusal {
         Refusal::NotMapped,
         Refusal::BadAddress,
         Refusal::Syscall,
+        Refusal::Limit,
+        Refusal::Stale,
     ];
 }
 

@@ -9,6 +9,30 @@
 //! so the window never has a hole. Every range is checked (overflow, bounds, page alignment,
 //! [`Policy`]) before any syscall.
 //!
+//! # Generations
+//!
+//! A window outlives the sessions that map into it: the guest driver is reset and comes back,
+//! the backend dies and a new one connects. Each session maps through a [`WindowLease`] taken
+//! from the window's current generation; [`DaxWindow::reset`] ends that generation and drops
+//! every mapping in one step under the window's lock. A lease of an ended generation is refused
+//! ([`Error::Stale`]) whatever it asks, so a channel thread that outlived its session (a stalled
+//! request, a join that timed out) can neither map into the next session's window nor wipe its
+//! mappings.
+//!
+//! # Limits
+//!
+//! A window holds at most [`DaxWindowBuilder::max_mappings`] live mappings (default
+//! [`DEFAULT_MAX_MAPPINGS`]); a request that would leave more is refused
+//! ([`RangeError::Limit`], `ENOSPC`). Each mapping costs the process at most two kernel mappings
+//! (itself and the piece of reservation it splits off), so the default keeps one window at a
+//! quarter of Linux's default `vm.max_map_count` (65,530). An optional granule
+//! ([`DaxWindowBuilder::granule`]) refuses ranges that are not multiples of it.
+//!
+//! Cleanup works even when the process is at its map limit (every `mmap` refused there): see
+//! the reservation's ballast in the crate's README. Should putting the reservation back ever
+//! fail all the same, the window is poisoned: every map is refused ([`Error::Poisoned`]) until
+//! an unmap-all or a reset succeeds.
+//!
 //! # Drop order
 //!
 //! The VMM must remove the memory slot that covers the window before it drops the last
@@ -18,18 +42,23 @@ mod ranges;
 mod reservation;
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use self::ranges::{
     check_range, Mapping, MappingTable, OverlapPolicy, Policy, RangeError, UnmapPolicy,
 };
-use self::reservation::Reservation;
+use self::reservation::{Ballast, Reservation};
 use crate::metrics::FsMetrics;
 use crate::protocol::{MapEntry, Range};
 
 /// Smallest window: one 2 MiB range, the unit the Linux guest maps.
 pub const MIN_WINDOW_SIZE: u64 = 2 << 20;
+
+/// Default bound on a window's live mappings: a 16 GiB window mapped entirely in the Linux
+/// guest's 2 MiB ranges, and at most 16,385 kernel mappings, a quarter of Linux's default
+/// `vm.max_map_count`.
+pub const DEFAULT_MAX_MAPPINGS: usize = 8192;
 
 /// Errors of window operations. [`Error::errno`] gives the errno a peer is told.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +68,14 @@ pub enum Error {
     InvalidSize {
         /// Requested size.
         size: u64,
+    },
+    /// The granule is not a power of two between the page size and the window size.
+    #[error(
+        "granule {granule:#x} is not a power of two between the page size and the window size"
+    )]
+    InvalidGranule {
+        /// Requested granule.
+        granule: u64,
     },
     /// Reserving the address range failed.
     #[error("cannot reserve a window of {size:#x} bytes")]
@@ -85,6 +122,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The request came through a lease of an ended generation (the session it belonged to was
+    /// reset or replaced).
+    #[error("lease of generation {lease} used after the window moved to generation {current}")]
+    Stale {
+        /// The lease's generation.
+        lease: u64,
+        /// The window's generation now.
+        current: u64,
+    },
+    /// Putting the reservation back failed earlier, so the window may not be what its table
+    /// says: maps are refused until an unmap-all or a reset succeeds.
+    #[error("the window is poisoned by a failed restore; maps are refused until it is cleared")]
+    Poisoned,
     /// `msync` failed.
     #[error("msync of offset {offset:#x} length {len:#x} failed")]
     Sync {
@@ -109,7 +159,9 @@ impl Error {
     /// The errno that stands for this error on the wire.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::InvalidSize { .. } => libc::EINVAL,
+            Error::InvalidSize { .. } | Error::InvalidGranule { .. } => libc::EINVAL,
+            Error::Stale { .. } => libc::ESTALE,
+            Error::Poisoned => libc::EIO,
             Error::Reserve { source, .. }
             | Error::Map { source, .. }
             | Error::Unmap { source, .. }
@@ -118,6 +170,7 @@ impl Error {
                 RangeError::Overflow => libc::EOVERFLOW,
                 RangeError::OutOfWindow => libc::ERANGE,
                 RangeError::Misaligned | RangeError::Empty => libc::EINVAL,
+                RangeError::Limit => libc::ENOSPC,
                 RangeError::Busy => libc::EBUSY,
                 RangeError::NotMapped => libc::ENOENT,
             },
@@ -133,19 +186,37 @@ fn overlaps(a: u64, a_len: u64, b: u64, b_len: u64) -> bool {
 struct Inner {
     reservation: Reservation,
     table: MappingTable,
+    ballast: Ballast,
+    generation: u64,
+    poisoned: bool,
 }
 
 impl Inner {
     /// Puts a checked range back to the reservation. Checked ranges fit `usize`: they lie inside
-    /// the window, whose size fits `usize` since the reservation exists.
-    fn clear(&self, offset: u64, len: u64) -> Result<()> {
-        self.reservation
-            .clear(offset as usize, len as usize)
-            .map_err(|source| Error::Unmap {
+    /// the window, whose size fits `usize` since the reservation exists. A failure poisons the
+    /// window: the range may be a hole or still hold what it held.
+    fn clear(&mut self, offset: u64, len: u64) -> Result<()> {
+        let res = self
+            .reservation
+            .clear(offset as usize, len as usize, &mut self.ballast);
+        res.map_err(|source| {
+            self.poisoned = true;
+            Error::Unmap {
                 offset,
                 len,
                 source,
-            })
+            }
+        })
+    }
+
+    /// Puts the whole window back to the reservation and forgets every mapping; lifts the
+    /// poison on success.
+    fn clear_all(&mut self, size: u64) -> Result<()> {
+        self.clear(0, size)?;
+        self.table.clear();
+        self.poisoned = false;
+        self.ballast.refill();
+        Ok(())
     }
 
     /// `msync` of a checked range.
@@ -168,6 +239,8 @@ pub struct DaxWindow {
     host_addr: u64,
     size: u64,
     page_size: u64,
+    granule: u64,
+    max_mappings: usize,
     metrics: Arc<FsMetrics>,
 }
 
@@ -177,31 +250,96 @@ fn page_size() -> u64 {
     u64::try_from(v).unwrap_or(4096)
 }
 
-impl DaxWindow {
-    /// Reserves a window of `size` bytes (a power of two, at least [`MIN_WINDOW_SIZE`]), with
-    /// fresh metrics. The reservation is `PROT_NONE`, `MAP_NORESERVE`: it costs no memory.
-    pub fn new(size: u64) -> Result<Self> {
-        Self::with_metrics(size, Arc::new(FsMetrics::new()))
+/// Builder for [`DaxWindow`], for the settings beyond the size.
+#[derive(Debug)]
+pub struct DaxWindowBuilder {
+    size: u64,
+    max_mappings: usize,
+    granule: Option<u64>,
+    metrics: Option<Arc<FsMetrics>>,
+}
+
+impl DaxWindowBuilder {
+    /// Most live mappings the window holds (default [`DEFAULT_MAX_MAPPINGS`]); a request that
+    /// would leave more is refused with `ENOSPC`. Each mapping costs the process at most two
+    /// kernel mappings: keep twice this, for every window, well below `vm.max_map_count`.
+    pub fn max_mappings(mut self, max: usize) -> Self {
+        self.max_mappings = max;
+        self
     }
 
-    /// As [`DaxWindow::new`], counting into `metrics`.
-    pub fn with_metrics(size: u64, metrics: Arc<FsMetrics>) -> Result<Self> {
+    /// Smallest unit of a map or unmap: offsets and lengths in the window must be multiples of
+    /// it (file offsets need page alignment only). A power of two from the page size up to the
+    /// window size; default the page size, which every legacy backend works with. The Linux
+    /// guest maps 2 MiB ranges, so `2 << 20` fits a window served to Linux guests only and
+    /// bounds the mappings by the window size.
+    pub fn granule(mut self, granule: u64) -> Self {
+        self.granule = Some(granule);
+        self
+    }
+
+    /// The counters the window updates (default: fresh ones).
+    pub fn metrics(mut self, metrics: Arc<FsMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Checks the settings and reserves the window: `PROT_NONE`, `MAP_NORESERVE`, so it costs
+    /// no memory.
+    pub fn build(self) -> Result<DaxWindow> {
+        let size = self.size;
         if size < MIN_WINDOW_SIZE || !size.is_power_of_two() {
             return Err(Error::InvalidSize { size });
+        }
+        let page_size = page_size();
+        let granule = self.granule.unwrap_or(page_size);
+        if !granule.is_power_of_two() || granule < page_size || granule > size {
+            return Err(Error::InvalidGranule { granule });
         }
         let bytes = usize::try_from(size).map_err(|_| Error::InvalidSize { size })?;
         let reservation =
             Reservation::new(bytes).map_err(|source| Error::Reserve { size, source })?;
+        let mut ballast = Ballast::default();
+        ballast.refill();
         Ok(DaxWindow {
             host_addr: reservation.addr() as u64,
             inner: Mutex::new(Inner {
                 reservation,
                 table: MappingTable::new(),
+                ballast,
+                generation: 0,
+                poisoned: false,
             }),
             size,
-            page_size: page_size(),
-            metrics,
+            page_size,
+            granule,
+            max_mappings: self.max_mappings,
+            metrics: self.metrics.unwrap_or_default(),
         })
+    }
+}
+
+impl DaxWindow {
+    /// Reserves a window of `size` bytes (a power of two, at least [`MIN_WINDOW_SIZE`]), with
+    /// fresh metrics and default limits. The reservation is `PROT_NONE`, `MAP_NORESERVE`: it
+    /// costs no memory.
+    pub fn new(size: u64) -> Result<Self> {
+        Self::builder(size).build()
+    }
+
+    /// As [`DaxWindow::new`], counting into `metrics`.
+    pub fn with_metrics(size: u64, metrics: Arc<FsMetrics>) -> Result<Self> {
+        Self::builder(size).metrics(metrics).build()
+    }
+
+    /// Starts building a window of `size` bytes with settings beyond the defaults.
+    pub fn builder(size: u64) -> DaxWindowBuilder {
+        DaxWindowBuilder {
+            size,
+            max_mappings: DEFAULT_MAX_MAPPINGS,
+            granule: None,
+            metrics: None,
+        }
     }
 
     /// Host virtual address of the window: what the VMM registers as guest memory.
@@ -244,6 +382,14 @@ impl DaxWindow {
 
     fn check(&self, offset: u64, len: u64, fd_offset: Option<u64>) -> Result<()> {
         check_range(offset, len, fd_offset, self.size, self.page_size)
+            .and_then(|()| {
+                let mask = self.granule - 1;
+                if offset & mask != 0 || len & mask != 0 {
+                    Err(RangeError::Misaligned)
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|r| self.range_error(offset, len, fd_offset.unwrap_or(0), r))
     }
 
@@ -252,14 +398,48 @@ impl DaxWindow {
             .set_gauges(inner.table.len(), inner.table.mapped_bytes());
     }
 
+    /// Locks the window for a request of generation `lease` (`None`: the current one).
+    fn lock_for(&self, lease: Option<u64>) -> Result<MutexGuard<'_, Inner>> {
+        let inner = self.lock();
+        match lease {
+            Some(g) if g != inner.generation => Err(Error::Stale {
+                lease: g,
+                current: inner.generation,
+            }),
+            _ => Ok(inner),
+        }
+    }
+
+    /// Refuses a request that would leave more than `max_mappings` live mappings.
+    fn check_limit(&self, after: isize, offset: u64, len: u64) -> Result<()> {
+        if after > self.max_mappings as isize {
+            return Err(self.range_error(offset, len, 0, RangeError::Limit));
+        }
+        Ok(())
+    }
+
     /// Maps `entries` of `fd`, all or nothing: every entry is checked first (range, alignment,
-    /// overlap under `policy`, entries against each other), then mapped in order. The checks cost
-    /// O(log n) in the number of live mappings. If a
+    /// granule, overlap under `policy`, entries against each other, the bound on live mappings),
+    /// then mapped in order. The checks cost O(log n) in the number of live mappings. If a
     /// mapping fails, the entries already mapped go back to the reservation and the error is
     /// returned. Ranges an entry replaced under [`OverlapPolicy::Replace`] are not restored on
     /// rollback (their file descriptors are not kept); they read as the reservation.
     pub fn map(&self, entries: &[MapEntry], fd: impl AsFd, policy: Policy) -> Result<()> {
-        let mut inner = self.lock();
+        self.map_as(None, entries, fd.as_fd(), policy)
+    }
+
+    fn map_as(
+        &self,
+        lease: Option<u64>,
+        entries: &[MapEntry],
+        fd: BorrowedFd<'_>,
+        policy: Policy,
+    ) -> Result<()> {
+        let mut inner = self.lock_for(lease)?;
+        if inner.poisoned {
+            return Err(Error::Poisoned);
+        }
+        let mut after = inner.table.len() as isize;
         for (i, e) in entries.iter().enumerate() {
             self.check(e.offset, e.len, Some(e.fd_offset))?;
             let busy = || self.range_error(e.offset, e.len, e.fd_offset, RangeError::Busy);
@@ -268,16 +448,19 @@ impl DaxWindow {
                     .table
                     .check_map(e.offset, e.len, policy.overlap)
                     .map_err(|_| busy())?;
-                // Entries of one request must not overlap each other either.
-                if entries[..i]
-                    .iter()
-                    .any(|p| overlaps(p.offset, p.len, e.offset, e.len))
-                {
-                    return Err(busy());
-                }
             }
+            // Entries of one request must not overlap each other, unless they may replace; a
+            // replacing entry may then split an earlier one, counted as one more mapping.
+            let overlaps_earlier = entries[..i]
+                .iter()
+                .any(|p| overlaps(p.offset, p.len, e.offset, e.len));
+            if overlaps_earlier && policy.overlap != OverlapPolicy::Replace {
+                return Err(busy());
+            }
+            after += 1 + inner.table.remove_delta(e.offset, e.len) + isize::from(overlaps_earlier);
+            self.check_limit(after, e.offset, e.len)?;
         }
-        let fd = fd.as_fd();
+        inner.ballast.refill();
         for (done, e) in entries.iter().enumerate() {
             // Offsets and lengths fit usize: they were checked against the window size, which
             // fits usize since the reservation exists.
@@ -289,7 +472,9 @@ impl DaxWindow {
                 e.access,
             );
             if let Err(source) = res {
-                for r in &entries[..done] {
+                // The failed entry's range may be anything now: put the reservation back, and
+                // the entries already mapped too.
+                for r in entries[..=done].iter().rev() {
                     if let Err(err) = inner.clear(r.offset, r.len) {
                         log::warn!(
                             "dax window: rollback of {:#x}+{:#x}: {err}",
@@ -299,8 +484,6 @@ impl DaxWindow {
                     }
                     inner.table.remove(r.offset, r.len);
                 }
-                // The failed entry's range is the reservation again (map_fd restores it).
-                inner.table.remove(e.offset, e.len);
                 self.update_gauges(&inner);
                 return Err(Error::Map {
                     offset: e.offset,
@@ -315,10 +498,16 @@ impl DaxWindow {
         Ok(())
     }
 
-    /// Unmaps `ranges`: each is checked (range, alignment, `policy`) before any is unmapped, then
-    /// put back to the reservation.
+    /// Unmaps `ranges`: each is checked (range, alignment, granule, `policy`, and, where an
+    /// unmap would split a mapping in two, the bound on live mappings) before any is unmapped,
+    /// then put back to the reservation.
     pub fn unmap(&self, ranges: &[Range], policy: Policy) -> Result<()> {
-        let mut inner = self.lock();
+        self.unmap_as(None, ranges, policy)
+    }
+
+    fn unmap_as(&self, lease: Option<u64>, ranges: &[Range], policy: Policy) -> Result<()> {
+        let mut inner = self.lock_for(lease)?;
+        let mut after = inner.table.len() as isize;
         for (i, r) in ranges.iter().enumerate() {
             self.check(r.offset, r.len, None)?;
             let not_mapped = |reason| self.range_error(r.offset, r.len, 0, reason);
@@ -332,34 +521,91 @@ impl DaxWindow {
             {
                 return Err(not_mapped(RangeError::NotMapped));
             }
+            after += inner.table.remove_delta(r.offset, r.len).max(0);
+            self.check_limit(after, r.offset, r.len)?;
         }
-        let result = ranges.iter().try_for_each(|r| {
-            inner.clear(r.offset, r.len)?;
+        let mut result = Ok(());
+        for r in ranges {
+            result = inner.clear(r.offset, r.len);
+            if result.is_err() {
+                break;
+            }
             inner.table.remove(r.offset, r.len);
             FsMetrics::add(&self.metrics.unmaps, 1);
-            Ok(())
-        });
+        }
         self.update_gauges(&inner);
         result
     }
 
     /// Drops every mapping with one re-map of the reservation over the whole window. The window
-    /// stays reserved (and registered with the VMM). Used for legacy unmap-all, device reset and
-    /// backend disconnect.
+    /// stays reserved (and registered with the VMM) and in the same generation: use
+    /// [`DaxWindow::reset`] to end a session. Works at the process's map limit too.
     pub fn unmap_all(&self) -> Result<()> {
-        let mut inner = self.lock();
-        inner.clear(0, self.size)?;
-        inner.table.clear();
+        self.unmap_all_as(None)
+    }
+
+    fn unmap_all_as(&self, lease: Option<u64>) -> Result<()> {
+        let mut inner = self.lock_for(lease)?;
+        let result = inner.clear_all(self.size);
         FsMetrics::add(&self.metrics.unmaps, 1);
         self.update_gauges(&inner);
-        Ok(())
+        result
+    }
+
+    /// Ends the current generation and drops every mapping, in one step under the window's
+    /// lock: every [`WindowLease`] taken before is refused from now on, so no request of an
+    /// ended session can map after this returns. Call it when a session ends (device reset,
+    /// backend gone, reconnect), after stopping what serves the session. The generation moves
+    /// on even if dropping the mappings fails (the window is then poisoned).
+    pub fn reset(&self) -> Result<()> {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        let result = inner.clear_all(self.size);
+        FsMetrics::add(&self.metrics.unmaps, 1);
+        self.update_gauges(&inner);
+        result
+    }
+
+    /// The current generation: how many times [`DaxWindow::reset`] ran.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// A lease on the current generation, for whatever serves one session (a
+    /// [`crate::BackendChannel`] takes one when built).
+    pub fn lease(self: &Arc<Self>) -> WindowLease {
+        WindowLease {
+            generation: self.generation(),
+            window: self.clone(),
+        }
+    }
+
+    /// Whether a failed restore poisoned the window (maps are refused until an unmap-all or a
+    /// reset succeeds).
+    pub fn is_poisoned(&self) -> bool {
+        self.lock().poisoned
+    }
+
+    /// Most live mappings the window holds.
+    pub fn max_mappings(&self) -> usize {
+        self.max_mappings
+    }
+
+    /// Alignment every range in the window must have (the page size unless configured).
+    pub fn granule(&self) -> u64 {
+        self.granule
     }
 
     /// `msync(MS_SYNC)` of `ranges`, each checked first. Unmapped parts are harmless.
     pub fn sync(&self, ranges: &[Range]) -> Result<()> {
-        let inner = self.lock();
+        self.sync_as(None, ranges)
+    }
+
+    fn sync_as(&self, lease: Option<u64>, ranges: &[Range]) -> Result<()> {
+        let inner = self.lock_for(lease)?;
         for r in ranges {
-            self.check(r.offset, r.len, None)?;
+            check_range(r.offset, r.len, None, self.size, self.page_size)
+                .map_err(|reason| self.range_error(r.offset, r.len, 0, reason))?;
         }
         for r in ranges {
             inner.sync(r.offset, r.len)?;
@@ -394,6 +640,67 @@ impl DaxWindow {
             return None;
         }
         Some(f(inner.reservation.addr() + offset as usize))
+    }
+}
+
+/// A window as one session sees it: every request goes through only while the window is still
+/// in the generation the lease was taken in. After [`DaxWindow::reset`] every method returns
+/// [`Error::Stale`] and touches nothing.
+#[derive(Clone, Debug)]
+pub struct WindowLease {
+    window: Arc<DaxWindow>,
+    generation: u64,
+}
+
+impl WindowLease {
+    /// The window.
+    pub fn window(&self) -> &Arc<DaxWindow> {
+        &self.window
+    }
+
+    /// The generation this lease belongs to.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the window is still in this lease's generation.
+    pub fn is_current(&self) -> bool {
+        self.window.generation() == self.generation
+    }
+
+    /// [`DaxWindow::map`], in this lease's generation only.
+    pub fn map(&self, entries: &[MapEntry], fd: impl AsFd, policy: Policy) -> Result<()> {
+        self.window
+            .map_as(Some(self.generation), entries, fd.as_fd(), policy)
+    }
+
+    /// [`DaxWindow::unmap`], in this lease's generation only.
+    pub fn unmap(&self, ranges: &[Range], policy: Policy) -> Result<()> {
+        self.window.unmap_as(Some(self.generation), ranges, policy)
+    }
+
+    /// [`DaxWindow::unmap_all`], in this lease's generation only.
+    pub fn unmap_all(&self) -> Result<()> {
+        self.window.unmap_all_as(Some(self.generation))
+    }
+
+    /// [`DaxWindow::sync`], in this lease's generation only.
+    pub fn sync(&self, ranges: &[Range]) -> Result<()> {
+        self.window.sync_as(Some(self.generation), ranges)
+    }
+
+    /// Ends this lease's generation if it is still current ([`DaxWindow::reset`]); does
+    /// nothing when a newer generation has begun, whose mappings are not this session's to drop.
+    pub fn end(&self) -> Result<()> {
+        let mut inner = self.window.lock();
+        if inner.generation != self.generation {
+            return Ok(());
+        }
+        inner.generation += 1;
+        let result = inner.clear_all(self.window.size);
+        FsMetrics::add(&self.window.metrics.unmaps, 1);
+        self.window.update_gauges(&inner);
+        result
     }
 }
 

@@ -72,6 +72,8 @@ pub enum RangeError {
     Busy,
     /// An exact unmap that matches no live mapping.
     NotMapped,
+    /// The request would leave more live mappings than the window holds.
+    Limit,
 }
 
 /// Largest file offset the kernel accepts (`off_t` is signed).
@@ -171,6 +173,19 @@ impl MappingTable {
                 len,
                 access,
             })
+    }
+
+    /// How the number of live mappings changes when `[offset, offset + len)` is forgotten:
+    /// pieces kept at either end, less the mappings it touches. Costs O(log n + k) for the k
+    /// mappings it touches.
+    pub fn remove_delta(&self, offset: u64, len: u64) -> isize {
+        if matches!(self.map.get(&offset), Some(&(l, _)) if l == len) {
+            return -1;
+        }
+        let end = offset.saturating_add(len);
+        self.overlapping(offset, len)
+            .map(|m| isize::from(m.offset < offset) + isize::from(m.offset + m.len > end) - 1)
+            .sum()
     }
 
     /// Whether a map of `[offset, offset + len)` is allowed under `policy`.
@@ -300,6 +315,27 @@ impl MappingTable {
 mod tests {
     use super::*;
     use Access::*;
+
+    #[test]
+    fn remove_delta_counts_splits_and_removals() {
+        let mut t = MappingTable::new();
+        t.insert(0, 4 * PAGE, ReadOnly);
+        t.insert(8 * PAGE, PAGE, ReadOnly);
+        t.insert(10 * PAGE, PAGE, ReadOnly);
+        for (offset, len) in [
+            (0, 4 * PAGE),
+            (PAGE, PAGE),
+            (0, PAGE),
+            (3 * PAGE, 8 * PAGE),
+            (5 * PAGE, PAGE),
+            (0, 16 * PAGE),
+        ] {
+            let mut after = t.clone();
+            after.remove(offset, len);
+            let delta = after.len() as isize - t.len() as isize;
+            assert_eq!(t.remove_delta(offset, len), delta, "{offset:#x}+{len:#x}");
+        }
+    }
 
     const PAGE: u64 = 4096;
 

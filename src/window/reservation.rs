@@ -6,6 +6,17 @@
 //!
 //! Every method re-checks that its range lies inside the reservation before the syscall, so no
 //! caller can make `MAP_FIXED` land outside it, whatever the caller validated or forgot to.
+//!
+//! # At the process's map limit
+//!
+//! At `vm.max_map_count` the kernel refuses every `mmap`, the `MAP_FIXED` re-map that puts the
+//! reservation back included, while a `munmap` of a whole mapping (no split) still succeeds.
+//! Unmapping window ranges with `munmap` would leave a hole that another thread's
+//! `mmap(NULL, ..)` could take, so the reservation keeps a [`Ballast`] instead: a few one-page
+//! mappings outside the window, each its own VMA. When putting the reservation back fails with
+//! `ENOMEM`, one ballast page is unmapped (that always works) and the re-map is tried again: the
+//! slot it frees is enough, since the re-map only merges or replaces VMAs of the window. A hole
+//! left where a ballast page was is harmless: the guest cannot reach it.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -91,7 +102,8 @@ impl Reservation {
     }
 
     /// Maps `len` bytes of `fd` at `fd_offset` over `[offset, offset + len)`, shared. On error
-    /// the range is the reservation again, whatever it held before.
+    /// the range may hold anything it held before, or nothing (a failed `MAP_FIXED` may already
+    /// have dropped the old pages): the caller puts the reservation back with [`Self::clear`].
     pub fn map_fd(
         &self,
         offset: usize,
@@ -106,7 +118,6 @@ impl Reservation {
             Access::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
         };
         let Ok(fd_offset) = libc::off_t::try_from(fd_offset) else {
-            self.clear(offset, len)?;
             return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
         };
         // SAFETY: `inside` just checked that [at, at + len) lies within this reservation, which
@@ -123,34 +134,37 @@ impl Reservation {
             )
         };
         if ret == libc::MAP_FAILED {
-            let err = io::Error::last_os_error();
-            // A failed MAP_FIXED may already have dropped the old pages: put the reservation
-            // back so the range never becomes a hole.
-            let _ = self.clear(offset, len);
-            return Err(err);
+            return Err(io::Error::last_os_error());
         }
         Ok(())
     }
 
-    /// Puts `[offset, offset + len)` back to the `PROT_NONE` reservation.
-    pub fn clear(&self, offset: usize, len: usize) -> io::Result<()> {
+    /// Puts `[offset, offset + len)` back to the `PROT_NONE` reservation. At the process's map
+    /// limit (`ENOMEM`) it frees a slot by unmapping one page of `ballast` and tries again, as long
+    /// as there is ballast left.
+    pub fn clear(&self, offset: usize, len: usize, ballast: &mut Ballast) -> io::Result<()> {
         let at = self.inside(offset, len)?;
-        // SAFETY: `inside` just checked that [at, at + len) lies within this reservation;
-        // MAP_FIXED replaces only pages of it with fresh PROT_NONE anonymous memory.
-        let ret = unsafe {
-            libc::mmap(
-                at,
-                len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                -1,
-                0,
-            )
-        };
-        if ret == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+        loop {
+            // SAFETY: `inside` just checked that [at, at + len) lies within this reservation;
+            // MAP_FIXED replaces only pages of it with fresh PROT_NONE anonymous memory.
+            let ret = unsafe {
+                libc::mmap(
+                    at,
+                    len,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if ret != libc::MAP_FAILED {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ENOMEM) || !ballast.release_one() {
+                return Err(err);
+            }
         }
-        Ok(())
     }
 
     /// `msync(MS_SYNC)` of `[offset, offset + len)`.
@@ -160,6 +174,73 @@ impl Reservation {
         // change the mapping.
         check(unsafe { libc::msync(at, len, libc::MS_SYNC) })
     }
+}
+
+/// Pages kept outside the window to free map slots at the process's map limit (see the module
+/// documentation). Each page is a `MAP_SHARED | MAP_ANONYMOUS` mapping of its own: shared
+/// anonymous mappings never merge with their neighbours, so each is one VMA, and unmapping it
+/// whole never needs a split.
+#[derive(Debug, Default)]
+pub(crate) struct Ballast {
+    pages: Vec<usize>,
+}
+
+/// Ballast pages a window keeps. One freed slot is enough for any re-map of the window's own
+/// ranges; the rest cover other threads taking freed slots first.
+pub(crate) const BALLAST_PAGES: usize = 4;
+
+impl Ballast {
+    /// Maps pages until there are [`BALLAST_PAGES`]; a refusal (at the limit) is no error, the
+    /// next call tries again.
+    pub fn refill(&mut self) {
+        while self.pages.len() < BALLAST_PAGES {
+            // SAFETY: a fresh one-page mapping at an address the kernel chooses (no MAP_FIXED):
+            // nothing that exists is replaced. The result is checked against MAP_FAILED.
+            let raw = unsafe {
+                libc::mmap(
+                    null_mut(),
+                    page_size(),
+                    libc::PROT_NONE,
+                    libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if raw == libc::MAP_FAILED {
+                return;
+            }
+            self.pages.push(raw as usize);
+        }
+    }
+
+    /// Unmaps one page, freeing a map slot; false when none is left.
+    pub fn release_one(&mut self) -> bool {
+        let Some(addr) = self.pages.pop() else {
+            return false;
+        };
+        // SAFETY: `addr` is a page mapped by `refill` and owned by this ballast alone; it is
+        // popped, so it is unmapped exactly once. Nothing refers into it.
+        unsafe { libc::munmap(addr as *mut libc::c_void, page_size()) };
+        true
+    }
+
+    /// Pages held now.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+}
+
+impl Drop for Ballast {
+    fn drop(&mut self) {
+        while self.release_one() {}
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(v).unwrap_or(4096)
 }
 
 impl Drop for Reservation {
@@ -179,10 +260,17 @@ mod tests {
     fn aligned_and_bounds_checked() {
         let r = Reservation::new(4 << 20).unwrap();
         assert_eq!(r.addr() % HOST_ALIGN, 0);
-        assert_eq!(r.clear(0, 4 << 20).map_err(|e| e.raw_os_error()), Ok(()));
+        let mut b = Ballast::default();
+        assert_eq!(
+            r.clear(0, 4 << 20, &mut b).map_err(|e| e.raw_os_error()),
+            Ok(())
+        );
         let err = |res: io::Result<()>| res.unwrap_err().raw_os_error();
-        assert_eq!(err(r.clear(4 << 20, 4096)), Some(libc::EINVAL));
-        assert_eq!(err(r.clear(usize::MAX - 4095, 4096)), Some(libc::EINVAL));
+        assert_eq!(err(r.clear(4 << 20, 4096, &mut b)), Some(libc::EINVAL));
+        assert_eq!(
+            err(r.clear(usize::MAX - 4095, 4096, &mut b)),
+            Some(libc::EINVAL)
+        );
         assert_eq!(err(r.sync(0, 0)), Some(libc::EINVAL));
         assert!(r.sync(0, 4096).is_ok());
     }
@@ -196,14 +284,34 @@ mod tests {
             .unwrap();
         // SAFETY: page 0 of the reservation was just mapped readable.
         assert_eq!(unsafe { (r.addr() as *const u8).read_volatile() }, 0);
-        // An offset off_t cannot hold: refused, and the old mapping is gone, not left behind.
+        // An offset off_t cannot hold: refused before any syscall; clearing puts the reservation
+        // back over the old mapping.
         let err = r.map_fd(0, 4096, file.as_fd(), 1 << 63, Access::ReadOnly);
         assert_eq!(err.unwrap_err().raw_os_error(), Some(libc::EOVERFLOW));
+        r.clear(0, 4096, &mut Ballast::default()).unwrap();
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         let line = maps
             .lines()
             .find(|l| l.starts_with(&format!("{:x}-", r.addr())))
             .unwrap();
         assert!(line.contains("---p"), "{line}");
+    }
+
+    #[test]
+    fn ballast_pages_are_separate_mappings() {
+        let mut b = Ballast::default();
+        b.refill();
+        assert_eq!(b.len(), BALLAST_PAGES);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for &p in &b.pages {
+            let line = maps
+                .lines()
+                .find(|l| l.starts_with(&format!("{p:x}-")))
+                .unwrap_or_else(|| panic!("ballast page {p:x} is not a mapping of its own"));
+            assert!(line.contains("---s"), "{line}");
+        }
+        assert!(b.release_one());
+        assert_eq!(b.len(), BALLAST_PAGES - 1);
+        drop(b);
     }
 }
