@@ -411,7 +411,8 @@ impl Drop for Served {
 enum Drive {
     /// `BackendChannel::spawn`: epoll + stop eventfd, the crate's own thread.
     Spawn,
-    /// A plain thread looping on `BackendChannel::handle_one` (blocking reads, no epoll).
+    /// A plain thread as an event loop drives the channel: `poll(2)` for readiness, then the
+    /// non-blocking `BackendChannel::handle_one` (`handle_one_timeout` does both).
     HandleOne,
 }
 
@@ -426,7 +427,10 @@ fn serve_channel(
         Drive::Spawn => Server::Channel(channel.spawn().unwrap()),
         Drive::HandleOne => Server::Thread(thread::spawn(move || {
             let mut channel = channel;
-            while channel.handle_one().is_ok() {}
+            while channel
+                .handle_one_timeout(std::time::Duration::from_secs(3600))
+                .is_ok()
+            {}
         })),
     });
     Served {

@@ -12,7 +12,29 @@
 //!
 //! Two ways to drive it: [`BackendChannel::handle_one`] from the VMM's own event loop when the
 //! socket ([`BackendChannel::as_raw_fd`]) is readable, or [`BackendChannel::spawn`] for a thread
-//! of its own that stops and joins cleanly.
+//! of its own that stops and joins cleanly, within a bound.
+//!
+//! # Never blocking
+//!
+//! The socket is non-blocking. A message is reassembled across calls (header, body,
+//! descriptors), so a backend that sends half a message and goes silent costs the caller one
+//! `recvmsg` that returns `EAGAIN`, not a stalled thread. Each call reads only the bytes of the
+//! message in progress (header first, then exactly the body it announces), so descriptors are
+//! always attributed to the message whose bytes carried them. A body above
+//! [`MAX_BODY_SIZE`](crate::protocol::MAX_BODY_SIZE) is drained, at most [`DRAIN_BUDGET`] bytes a
+//! call, then refused with `EMSGSIZE` like any refusal: the stream stays in sync and the event
+//! loop is never held longer than that. Watch the socket level-triggered (the default of epoll).
+//!
+//! A reply is sent without blocking too. The backend reads each reply before it sends its next
+//! request (vhost's `Backend` does); one that leaves replies unread until the socket buffer is
+//! full ends the channel with [`Error::Send`] (`EAGAIN`).
+//!
+//! # When the channel ends
+//!
+//! When the channel fails ([`BackendChannel::handle_one`] returns `Err`: the backend closed it
+//! or broke the protocol), its window lease is ended at once ([`WindowLease::end`]): every
+//! mapping is dropped and the window moves to a new generation, whichever way the channel is
+//! driven. A channel built before a [`DaxWindow::reset`] refuses every request with `ESTALE`.
 //!
 //! The thread needs these syscalls (for seccomp filters): [`SYSCALLS`].
 
@@ -22,8 +44,10 @@ use std::mem::size_of;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use vm_memory::ByteValued;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -36,7 +60,7 @@ use crate::protocol::{
     self, decode_body, encode_reply, encode_reply_with, DecodeError, Dialect, Header, IoDirection,
     RawHeader, Request, FLAG_NEED_REPLY, HEADER_SIZE, MAX_BODY_SIZE, MAX_FDS,
 };
-use crate::window::{self, DaxWindow, Policy};
+use crate::window::{self, DaxWindow, Policy, WindowLease};
 
 /// Syscalls the channel thread makes, for VMMs that install seccomp filters on it.
 pub const SYSCALLS: &[&str] = &[
@@ -57,7 +81,18 @@ pub const SYSCALLS: &[&str] = &[
     "write",
     "futex",
     "shutdown",
+    "poll",
+    "ppoll",
 ];
+
+/// Most bytes of an oversized body drained in one [`BackendChannel::handle_one`] call.
+pub const DRAIN_BUDGET: usize = 256 << 10;
+
+/// How long [`ChannelThread::stop`] and dropping a [`ChannelThread`] wait for the thread.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Messages the channel thread handles before it looks at its stop event again.
+const BATCH: usize = 16;
 
 /// Shared memory region id of the virtio-fs cache window (`VIRTIO_FS_SHMCAP_ID_CACHE`).
 pub const SHMID_CACHE: u8 = 0;
@@ -129,8 +164,12 @@ impl RequestError {
                     R::Empty => Refusal::ZeroLength,
                     R::Busy => Refusal::Overlap,
                     R::NotMapped => Refusal::NotMapped,
+                    R::Limit => Refusal::Limit,
                 },
+                window::Error::Stale { .. } => Refusal::Stale,
                 window::Error::InvalidSize { .. }
+                | window::Error::InvalidGranule { .. }
+                | window::Error::Poisoned
                 | window::Error::Reserve { .. }
                 | window::Error::Map { .. }
                 | window::Error::Unmap { .. }
@@ -158,9 +197,9 @@ pub enum Error {
         "the backend closed the channel in the middle of a message ({got} of {expected} bytes)"
     )]
     Truncated {
-        /// Bytes received of the part being read.
+        /// Bytes received of the part being read (the header, or the body it announced).
         got: usize,
-        /// Bytes expected.
+        /// Size of that part.
         expected: usize,
     },
     /// Receiving failed.
@@ -175,6 +214,10 @@ pub enum Error {
     /// The channel thread panicked.
     #[error("the channel thread panicked")]
     Panicked,
+    /// The channel thread did not end within the bound; it was left to end by itself. Its
+    /// window lease no longer maps once the window is reset.
+    #[error("the channel thread did not stop within {0:?}")]
+    StopTimeout(Duration),
 }
 
 /// Result of channel operations.
@@ -237,7 +280,8 @@ impl BackendChannelBuilder {
         self
     }
 
-    /// Builds the channel.
+    /// Builds the channel. It takes a lease on the window's current generation
+    /// ([`DaxWindow::lease`]).
     pub fn build(self) -> BackendChannel {
         let policy = match (self.dialect, self.replace_exact) {
             (Dialect::Legacy, _) => Policy::LEGACY,
@@ -250,13 +294,14 @@ impl BackendChannelBuilder {
         };
         BackendChannel {
             sock: self.sock,
-            window: self.window,
+            window: self.window.as_ref().map(DaxWindow::lease),
             dialect: self.dialect,
             policy,
             io: self.io.unwrap_or_default(),
             metrics,
             name: self.name,
-            body: Vec::with_capacity(MAX_BODY_SIZE),
+            reader: Reader::default(),
+            nonblocking: false,
         }
     }
 }
@@ -265,13 +310,14 @@ impl BackendChannelBuilder {
 #[derive(Debug)]
 pub struct BackendChannel {
     sock: UnixStream,
-    window: Option<Arc<DaxWindow>>,
+    window: Option<WindowLease>,
     dialect: Dialect,
     policy: Policy,
     io: Arc<IoSpace>,
     metrics: Arc<FsMetrics>,
     name: String,
-    body: Vec<u8>,
+    reader: Reader,
+    nonblocking: bool,
 }
 
 /// Most descriptors kept for one message; no request needs more than one. Further ones are
@@ -300,11 +346,70 @@ impl Fds {
     }
 }
 
-/// A received message: raw header (its body is in `BackendChannel::body`, or was drained), and
-/// the descriptors that came along.
+/// A received message: raw header, body (empty when it was oversized and drained), and the
+/// descriptors that came along.
 struct Message {
     raw: RawHeader,
+    body: Vec<u8>,
     fds: Fds,
+}
+
+/// Where the reassembly of the message in progress stands.
+#[derive(Default)]
+enum Stage {
+    /// Reading the header; `got` bytes of it so far.
+    #[default]
+    Header,
+    /// Reading a body that fits the limit into `body`; `got` bytes so far.
+    Body,
+    /// Draining an oversized body; `left` bytes to go.
+    Drain { left: usize },
+}
+
+/// The message in progress, kept across calls so that no call waits for the rest of it.
+#[derive(Default)]
+struct Reader {
+    stage: Stage,
+    hdr: [u8; HEADER_SIZE],
+    raw: RawHeader,
+    got: usize,
+    body: Vec<u8>,
+    sink: Vec<u8>,
+    fds: Fds,
+}
+
+/// What one receive gave.
+enum Recv {
+    Bytes(usize),
+    WouldBlock,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("got", &self.got)
+            .field("fds", &self.fds.count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// Whether the stream stands between two messages.
+    fn idle(&self) -> bool {
+        matches!(self.stage, Stage::Header) && self.got == 0 && self.fds.count() == 0
+    }
+
+    /// The finished message; the reader starts on the next one.
+    fn finish(&mut self) -> Message {
+        let msg = Message {
+            raw: self.raw,
+            body: std::mem::take(&mut self.body),
+            fds: std::mem::take(&mut self.fds),
+        };
+        self.stage = Stage::Header;
+        self.got = 0;
+        msg
+    }
 }
 
 impl BackendChannel {
@@ -335,8 +440,8 @@ impl BackendChannel {
         self.policy
     }
 
-    /// Receives into `buf`, taking ownership of the descriptors that came along.
-    fn recv_part(&self, buf: &mut [u8], fds: &mut Fds) -> Result<usize> {
+    /// Receives into `buf` without blocking, taking ownership of the descriptors that came along.
+    fn recv_part(sock: &UnixStream, buf: &mut [u8], fds: &mut Fds) -> Result<Recv> {
         let mut raw = [-1 as RawFd; MAX_FDS];
         let mut iov = [libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
@@ -345,7 +450,7 @@ impl BackendChannel {
         loop {
             // SAFETY: the iovec points at `buf`, an exclusive borrow of `buf.len()` bytes that may
             // hold any bytes.
-            let res = unsafe { self.sock.recv_with_fds(&mut iov, &mut raw) };
+            let res = unsafe { sock.recv_with_fds(&mut iov, &mut raw) };
             match res {
                 Ok((n, nfds)) => {
                     for &fd in raw.iter().take(nfds) {
@@ -353,85 +458,169 @@ impl BackendChannel {
                         // alone; each is wrapped exactly once, so it is closed exactly once.
                         fds.take(unsafe { File::from_raw_fd(fd) });
                     }
-                    return Ok(n);
+                    return Ok(Recv::Bytes(n));
                 }
                 Err(e) if e.errno() == libc::EINTR => continue,
+                Err(e) if e.errno() == libc::EAGAIN => return Ok(Recv::WouldBlock),
                 Err(e) => return Err(Error::Recv(io::Error::from_raw_os_error(e.errno()))),
             }
         }
     }
 
-    /// Fills `buf` completely, or reports where the stream ended.
-    fn recv_exact(&self, buf: &mut [u8], fds: &mut Fds, first: bool) -> Result<()> {
-        let mut got = 0;
-        while got < buf.len() {
-            let n = self.recv_part(&mut buf[got..], fds)?;
-            if n == 0 {
-                return Err(if first && got == 0 {
-                    Error::Disconnected
-                } else {
-                    Error::Truncated {
-                        got,
-                        expected: buf.len(),
-                    }
-                });
-            }
-            got += n;
+    fn ensure_nonblocking(&mut self) -> Result<()> {
+        if !self.nonblocking {
+            self.sock.set_nonblocking(true).map_err(Error::Recv)?;
+            self.nonblocking = true;
         }
         Ok(())
     }
 
-    /// Receives one whole message: header, then the announced body (into `self.body` when it fits
-    /// the limit, drained otherwise), with every descriptor that came along.
-    fn recv_message(&mut self) -> Result<Message> {
-        let mut fds = Fds::default();
-        let mut hdr = [0u8; HEADER_SIZE];
-        self.recv_exact(&mut hdr, &mut fds, true)?;
-        let raw = RawHeader::from_slice(&hdr).copied().unwrap_or_default();
-        let size = raw.size as usize;
-        let mut body = std::mem::take(&mut self.body);
-        body.clear();
-        let res = if size <= MAX_BODY_SIZE {
-            body.resize(size, 0);
-            self.recv_exact(&mut body, &mut fds, false)
-        } else {
-            // Drain what the header announced so the stream stays in sync.
-            let mut left = size;
-            let mut sink = [0u8; 4096];
-            let mut res = Ok(());
-            while left > 0 && res.is_ok() {
-                let chunk = left.min(sink.len());
-                res = self.recv_exact(&mut sink[..chunk], &mut fds, false);
-                left -= chunk;
+    /// Advances the message in progress with what the socket holds now. `Ok(None)`: not whole
+    /// yet (or the drain budget is spent); call again when the socket is readable.
+    fn poll_message(&mut self) -> Result<Option<Message>> {
+        self.ensure_nonblocking()?;
+        let r = &mut self.reader;
+        let mut drained = 0;
+        loop {
+            let (buf, expected): (&mut [u8], usize) = match r.stage {
+                Stage::Header => (&mut r.hdr[r.got..], HEADER_SIZE),
+                Stage::Body => {
+                    let len = r.body.len();
+                    (&mut r.body[r.got..], len)
+                }
+                Stage::Drain { left } => {
+                    if drained >= DRAIN_BUDGET {
+                        return Ok(None);
+                    }
+                    if r.sink.is_empty() {
+                        r.sink.resize(64 << 10, 0);
+                    }
+                    let chunk = left.min(r.sink.len()).min(DRAIN_BUDGET - drained);
+                    (&mut r.sink[..chunk], r.raw.size as usize)
+                }
+            };
+            let n = match Self::recv_part(&self.sock, buf, &mut r.fds)? {
+                Recv::WouldBlock => return Ok(None),
+                Recv::Bytes(0) => {
+                    return Err(if r.idle() {
+                        Error::Disconnected
+                    } else {
+                        Error::Truncated {
+                            got: r.got,
+                            expected,
+                        }
+                    })
+                }
+                Recv::Bytes(n) => n,
+            };
+            match &mut r.stage {
+                Stage::Header => {
+                    r.got += n;
+                    if r.got < HEADER_SIZE {
+                        continue;
+                    }
+                    r.raw = RawHeader::from_slice(&r.hdr).copied().unwrap_or_default();
+                    let size = r.raw.size as usize;
+                    r.got = 0;
+                    if size > MAX_BODY_SIZE {
+                        r.stage = Stage::Drain { left: size };
+                    } else if size > 0 {
+                        r.body.clear();
+                        r.body.resize(size, 0);
+                        r.stage = Stage::Body;
+                    } else {
+                        return Ok(Some(r.finish()));
+                    }
+                }
+                Stage::Body => {
+                    r.got += n;
+                    if r.got == r.body.len() {
+                        return Ok(Some(r.finish()));
+                    }
+                }
+                Stage::Drain { left } => {
+                    *left -= n;
+                    r.got += n;
+                    drained += n;
+                    if *left == 0 {
+                        r.body.clear();
+                        return Ok(Some(r.finish()));
+                    }
+                }
             }
-            res
-        };
-        self.body = body;
-        res?;
-        Ok(Message { raw, fds })
+        }
     }
 
-    /// Receives, decodes, executes and answers one message. Blocks until a whole message has
-    /// arrived. A refused request is `Ok` (see [`Outcome::value`]); `Err` means the channel is
-    /// gone (or the reply could not be sent).
-    pub fn handle_one(&mut self) -> Result<Outcome> {
-        let msg = self.recv_message()?;
+    /// Handles the next message if the socket holds all of it, without blocking:
+    /// receives what has arrived, and once a whole message is in, decodes, executes and answers
+    /// it. `Ok(None)`: no whole message yet (part of one may have been kept for the next call);
+    /// call again when the socket is readable. A refused request is `Ok(Some(..))` (see
+    /// [`Outcome::value`]).
+    ///
+    /// `Err` means the channel is gone: the backend closed it, broke the protocol, or left its
+    /// replies unread. The window lease is then ended: every mapping is dropped and later calls
+    /// on a window reset since are refused. Stop watching the socket.
+    pub fn handle_one(&mut self) -> Result<Option<Outcome>> {
+        let res = self.handle_ready();
+        if let Err(e) = &res {
+            self.end_lease(e);
+        }
+        res
+    }
+
+    /// As [`BackendChannel::handle_one`], but waits up to `timeout` for a whole message to
+    /// arrive. For simple callers and tests; an event loop calls `handle_one` on readiness.
+    pub fn handle_one_timeout(&mut self, timeout: Duration) -> Result<Option<Outcome>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(out) = self.handle_one()? {
+                return Ok(Some(out));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.sock.as_raw_fd(),
+                events: libc::POLLIN | libc::POLLRDHUP,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+            // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, ms) };
+        }
+    }
+
+    fn end_lease(&self, e: &Error) {
+        if let Some(lease) = &self.window {
+            if lease.is_current() {
+                log::warn!(
+                    "{}: backend channel ended: {e}; dropping every mapping",
+                    self.name
+                );
+            }
+            if let Err(err) = lease.end() {
+                log::warn!("{}: dropping mappings failed: {err}", self.name);
+            }
+        }
+    }
+
+    fn handle_ready(&mut self) -> Result<Option<Outcome>> {
+        let Some(msg) = self.poll_message()? else {
+            return Ok(None);
+        };
         FsMetrics::add(&self.metrics.requests, 1);
         let request = msg.raw.request;
         let need_reply = msg.raw.flags & FLAG_NEED_REPLY != 0;
         let result = Header::parse(&msg.raw)
-            .and_then(|h| {
-                let body = if msg.raw.size as usize <= MAX_BODY_SIZE {
-                    &self.body[..]
-                } else {
-                    &[]
-                };
-                decode_body(self.dialect, &h, body, msg.fds.count())
-            })
+            .and_then(|h| decode_body(self.dialect, &h, &msg.body, msg.fds.count()))
             .map_err(RequestError::from)
             .and_then(|req| self.execute(req, &msg.fds.kept));
-        // Descriptors are not needed past this point: a mapping keeps its file alive by itself.
-        drop(msg.fds);
+        // The body buffer goes back to the reader; descriptors are not needed past this point
+        // (a mapping keeps its file alive by itself).
+        let Message { body, fds, .. } = msg;
+        self.reader.body = body;
+        drop(fds);
         let (value, payload) = match result {
             Ok(Reply::Value(v)) => (v as i64, None),
             Ok(Reply::Data(d)) => (0, Some(d)),
@@ -457,16 +646,17 @@ impl BackendChannel {
             };
             self.send_all(&bytes)?;
         }
-        Ok(Outcome {
+        Ok(Some(Outcome {
             request,
             value,
             replied,
-        })
+        }))
     }
 
     fn send_all(&self, bytes: &[u8]) -> Result<()> {
         let mut sent = 0;
         while sent < bytes.len() {
+            // Non-blocking: EAGAIN means the backend left a socket buffer of replies unread.
             match self.sock.send_with_fds(&[&bytes[sent..]], &[]) {
                 Ok(n) => sent += n,
                 Err(e) if e.errno() == libc::EINTR => {}
@@ -476,7 +666,7 @@ impl BackendChannel {
         Ok(())
     }
 
-    fn window(&self, shmid: u8) -> std::result::Result<&Arc<DaxWindow>, RequestError> {
+    fn window(&self, shmid: u8) -> std::result::Result<&WindowLease, RequestError> {
         match &self.window {
             Some(w) if shmid == SHMID_CACHE => Ok(w),
             _ => Err(RequestError::UnknownShmid { shmid }),
@@ -567,10 +757,22 @@ impl BackendChannel {
         Ok(Reply::Value(0))
     }
 
-    /// Serves the channel on a thread of its own until [`ChannelThread::stop`] or until the
-    /// backend disconnects. When the backend disconnects, every mapping of the window is dropped
-    /// at once (a reconnected backend must not inherit them) and the thread ends.
+    /// Serves the channel on a thread of its own until [`ChannelThread::stop`] (or the
+    /// `ChannelThread` is dropped) or until the channel ends. The thread reads exactly as
+    /// [`BackendChannel::handle_one`] does, so when the backend disconnects, its window lease
+    /// is ended: every mapping is dropped at once and the thread ends.
     pub fn spawn(self) -> Result<ChannelThread> {
+        self.spawn_with(|name, f| thread::Builder::new().name(name).spawn(f))
+    }
+
+    fn spawn_with(
+        mut self,
+        spawn: impl FnOnce(
+            String,
+            Box<dyn FnOnce() -> Result<()> + Send>,
+        ) -> io::Result<JoinHandle<Result<()>>>,
+    ) -> Result<ChannelThread> {
+        self.ensure_nonblocking()?;
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Thread)?;
         let stop_thread = stop.try_clone().map_err(Error::Thread)?;
         let sock = self.sock.try_clone().map_err(Error::Thread)?;
@@ -589,12 +791,25 @@ impl BackendChannel {
                 EpollEvent::new(EventSet::IN, 1),
             )
             .map_err(Error::Thread)?;
-        let name = format!("{}-backend", self.name);
-        let handle = thread::Builder::new()
-            .name(name)
-            .spawn(move || self.serve(epoll, stop_thread))
-            .map_err(Error::Thread)?;
-        Ok(ChannelThread { stop, sock, handle })
+        let name = self.name.clone();
+        let thread_name = format!("{name}-backend");
+        let (done_tx, done) = mpsc::channel::<()>();
+        let handle = spawn(
+            thread_name,
+            Box::new(move || {
+                // Dropped when the closure ends, however it ends: the stopper's signal.
+                let _done = done_tx;
+                self.serve(epoll, stop_thread)
+            }),
+        )
+        .map_err(Error::Thread)?;
+        Ok(ChannelThread {
+            stop,
+            sock,
+            handle: Some(handle),
+            done,
+            name,
+        })
     }
 
     fn serve(mut self, epoll: Epoll, stop: EventFd) -> Result<()> {
@@ -608,22 +823,16 @@ impl BackendChannel {
             if events[..n].iter().any(|e| e.data() == 1) {
                 return Ok(());
             }
-            match self.handle_one() {
-                Ok(_) => {}
-                Err(e) => {
-                    if stop.read().is_ok() {
-                        return Ok(());
-                    }
-                    log::warn!(
-                        "{}: backend channel closed: {e}; dropping every mapping",
-                        self.name
-                    );
-                    if let Some(w) = &self.window {
-                        if let Err(err) = w.unmap_all() {
-                            log::warn!("{}: dropping mappings failed: {err}", self.name);
+            for _ in 0..BATCH {
+                match self.handle_one() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        if stop.read().is_ok() {
+                            return Ok(());
                         }
+                        return Err(e);
                     }
-                    return Err(e);
                 }
             }
         }
@@ -641,32 +850,77 @@ enum Reply {
     Data(Vec<u8>),
 }
 
-/// A channel served on its own thread. Dropping it without [`ChannelThread::stop`] leaves the
-/// thread running until the backend disconnects.
+/// A channel served on its own thread. Dropping it stops the thread and waits for it, as
+/// [`ChannelThread::stop`] does.
 #[derive(Debug)]
 pub struct ChannelThread {
     stop: EventFd,
     sock: UnixStream,
-    handle: JoinHandle<Result<()>>,
+    handle: Option<JoinHandle<Result<()>>>,
+    done: mpsc::Receiver<()>,
+    name: String,
 }
 
 impl ChannelThread {
     /// Whether the thread has ended (the backend disconnected).
     pub fn is_finished(&self) -> bool {
-        self.handle.is_finished()
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
     }
 
-    /// Stops the thread and joins it. The socket is shut down, so a thread blocked in the middle
-    /// of a message wakes up too. Returns `Ok` when the thread stopped on request or had ended
-    /// cleanly, or the error that ended it (for example [`Error::Disconnected`]).
+    /// Stops the thread and joins it, waiting at most [`DEFAULT_STOP_TIMEOUT`]. See
+    /// [`ChannelThread::stop_timeout`].
     pub fn stop(self) -> Result<()> {
-        let _ = self.stop.write(1);
-        let _ = self.sock.shutdown(Shutdown::Both);
-        self.handle.join().map_err(|_| Error::Panicked)?
+        self.stop_timeout(DEFAULT_STOP_TIMEOUT)
+    }
+
+    /// Stops the thread and joins it, waiting at most `timeout`. The socket is shut down, so a
+    /// thread in the middle of a message ends too; a thread inside a request (an FS_IO on a
+    /// file that stalls) ends when the request does. Returns `Ok` when the thread stopped on
+    /// request or had ended cleanly, the error that ended it (for example
+    /// [`Error::Disconnected`]), or [`Error::StopTimeout`]: the thread is then left to end by
+    /// itself, and [`DaxWindow::reset`] keeps it from mapping anything after.
+    pub fn stop_timeout(mut self, timeout: Duration) -> Result<()> {
+        self.signal_stop();
+        self.join_within(timeout)
     }
 
     /// Waits for the thread to end by itself (the backend disconnecting) and returns why.
-    pub fn join(self) -> Result<()> {
-        self.handle.join().map_err(|_| Error::Panicked)?
+    pub fn join(mut self) -> Result<()> {
+        match self.handle.take() {
+            Some(h) => h.join().map_err(|_| Error::Panicked)?,
+            None => Ok(()),
+        }
+    }
+
+    fn signal_stop(&self) {
+        let _ = self.stop.write(1);
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+
+    fn join_within(&mut self, timeout: Duration) -> Result<()> {
+        let Some(handle) = self.handle.take() else {
+            return Ok(());
+        };
+        match self.done.recv_timeout(timeout) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                log::warn!(
+                    "{}: backend channel thread still busy after {timeout:?}; left to end by itself",
+                    self.name
+                );
+                Err(Error::StopTimeout(timeout))
+            }
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                handle.join().map_err(|_| Error::Panicked)?
+            }
+        }
+    }
+}
+
+impl Drop for ChannelThread {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            self.signal_stop();
+            let _ = self.join_within(DEFAULT_STOP_TIMEOUT);
+        }
     }
 }

@@ -649,14 +649,14 @@ fn peer_closing_mid_message_ends_the_thread_with_truncated() {
     half_body.extend_from_slice(&map[..20]);
     // Half a header.
     let half_header = RawPeer::header(standard::SHMEM_MAP, flags, 40)[..5].to_vec();
-    // An oversized body cut short while it is drained: one 4096-byte chunk, then 10 bytes.
+    // An oversized body cut short while it is drained: 4106 of its 12,388 bytes.
     let mut half_drain = RawPeer::header(standard::SHMEM_MAP, flags, 3 * 4096 + 100);
     half_drain.resize(half_drain.len() + 4096 + 10, 0xa5);
 
     for (bytes, got, expected) in [
         (half_body, 20, 40),
         (half_header, 5, 12),
-        (half_drain, 10, 4096),
+        (half_drain, 4096 + 10, 3 * 4096 + 100),
     ] {
         let mut h = Harness::new(Dialect::Standard, WINDOW);
         // A live mapping, which the disconnect must drop.

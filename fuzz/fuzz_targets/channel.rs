@@ -36,6 +36,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, OnceLock};
 use std::thread;
+use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use virtio_fs_dax::channel::Error as ChannelError;
@@ -302,20 +303,23 @@ fn serve(mut channel: BackendChannel, mut peer: Peer) -> (Vec<Outcome>, ChannelE
         // The stream does not fit in the socket: the peer needs a thread of its own.
         let peer = thread::spawn(move || peer.run());
         let end = loop {
-            match channel.handle_one() {
-                Ok(o) => outcomes.push(o),
+            match channel.handle_one_timeout(Duration::from_secs(10)) {
+                Ok(Some(o)) => outcomes.push(o),
+                Ok(None) => {}
                 Err(e) => break e,
             }
         };
         drop(channel);
         return (outcomes, end, peer.join().expect("peer thread"));
     }
-    // Everything is queued and the write side is shut: `handle_one` never waits for input, and
-    // it never waits to reply either, as the replies are read before every call.
+    // Everything is queued and the write side is shut: `handle_one` always finds input (or the
+    // end of the stream), and it never finds the reply buffer full, as the replies are read
+    // before every call. `None` only when an oversized body spent a call's drain budget.
     let end = loop {
         peer.recv();
         match channel.handle_one() {
-            Ok(o) => outcomes.push(o),
+            Ok(Some(o)) => outcomes.push(o),
+            Ok(None) => {}
             Err(e) => break e,
         }
     };
