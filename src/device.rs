@@ -289,6 +289,9 @@ pub struct FsBuilder {
     io: Option<Arc<IoSpace>>,
     connect_attempts: u32,
     connect_interval: Duration,
+    shutdown_timeout: Duration,
+    max_mappings: usize,
+    granule: Option<u64>,
 }
 
 impl std::fmt::Debug for dyn MemoryManager {
@@ -351,6 +354,25 @@ impl FsBuilder {
         self
     }
 
+    /// Bound on each step of ending a session (reset, a lost backend, reconnect, drop): joining
+    /// the backend channel thread, and the backend's answer to `RESET_DEVICE`. Default 2 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+    /// Most live mappings in the window ([`crate::window::DaxWindowBuilder::max_mappings`]).
+    /// Default [`window::DEFAULT_MAX_MAPPINGS`].
+    pub fn max_mappings(mut self, max: usize) -> Self {
+        self.max_mappings = max;
+        self
+    }
+    /// Smallest map unit in the window ([`crate::window::DaxWindowBuilder::granule`]). Default
+    /// the page size; `2 << 20` fits a device served to Linux guests only.
+    pub fn map_granule(mut self, granule: u64) -> Self {
+        self.granule = Some(granule);
+        self
+    }
+
     /// Validates the configuration, reserves the window and builds the device. Does not connect.
     pub fn build(self) -> Result<Fs> {
         let config = VirtioFsConfig::new(&self.tag, self.request_queues).map_err(Error::Config)?;
@@ -367,9 +389,15 @@ impl FsBuilder {
         let metrics = Arc::new(FsMetrics::new());
         let window = match self.window_size {
             0 => None,
-            size => Some(Arc::new(
-                DaxWindow::with_metrics(size, metrics.clone()).map_err(Error::Window)?,
-            )),
+            size => {
+                let mut b = DaxWindow::builder(size)
+                    .metrics(metrics.clone())
+                    .max_mappings(self.max_mappings);
+                if let Some(g) = self.granule {
+                    b = b.granule(g);
+                }
+                Some(Arc::new(b.build().map_err(Error::Window)?))
+            }
         };
         let queues = self.request_queues as usize + 1;
         Ok(Fs {
@@ -381,6 +409,7 @@ impl FsBuilder {
                 dax: window.is_some(),
                 dax_fallback: self.dax_fallback,
                 replace_exact: self.replace_exact,
+                shutdown_timeout: self.shutdown_timeout,
                 name: format!("virtio-fs({})", self.tag),
             },
             config,
@@ -450,6 +479,9 @@ impl Fs {
             io: None,
             connect_attempts: 50,
             connect_interval: Duration::from_millis(100),
+            shutdown_timeout: crate::channel::DEFAULT_STOP_TIMEOUT,
+            max_mappings: window::DEFAULT_MAX_MAPPINGS,
+            granule: None,
         }
     }
 
@@ -492,8 +524,7 @@ impl Fs {
             .is_some_and(|s| s.channel_finished() || s.hung_up());
         if gone {
             log::warn!("{}: backend gone; mappings dropped", self.session_cfg.name);
-            self.session = None;
-            self.drop_mappings();
+            self.end_session();
         }
         gone
     }
@@ -510,15 +541,23 @@ impl Fs {
         if self.active.is_none() {
             return Err(Error::NotActivated);
         }
-        self.session = None;
+        self.end_session();
         self.conn = None;
-        self.drop_mappings();
         self.start_session(true)
     }
 
+    /// Ends the live session, if any, without `RESET_DEVICE`: its channel thread is stopped
+    /// and joined (bounded) and then the window's generation ends, all its mappings dropped.
+    fn end_session(&mut self) {
+        drop(self.session.take());
+        self.drop_mappings();
+    }
+
+    /// Ends the window's generation: every mapping dropped, every lease taken before refused.
+    /// Always after whatever could still map has been stopped.
     fn drop_mappings(&self) {
         if let Some(w) = &self.window {
-            if let Err(e) = w.unmap_all() {
+            if let Err(e) = w.reset() {
                 log::warn!("{}: dropping mappings: {e}", self.session_cfg.name);
             }
         }
@@ -561,10 +600,18 @@ impl Fs {
             &vrings,
             self.window.as_ref(),
             &active.io,
-        )
-        .map_err(Error::Session)?;
-        self.session = Some(session);
-        Ok(())
+        );
+        match session {
+            Ok(session) => {
+                self.session = Some(session);
+                Ok(())
+            }
+            Err(e) => {
+                // A failed start stopped its channel thread already; nothing it mapped stays.
+                self.drop_mappings();
+                Err(Error::Session(e))
+            }
+        }
     }
 
     fn region(&self, gpa: u64) -> Option<WindowRegion> {
@@ -779,12 +826,14 @@ impl VirtioDevice for Fs {
     }
 
     fn reset(&mut self) -> Option<Arc<dyn VirtioInterrupt>> {
-        self.drop_mappings();
-        if let Some(session) = self.session.take() {
-            match session.reset() {
+        // The session stops its channel thread first, then drops the mappings, then resets the
+        // backend (bounded); with no session, the mappings still go.
+        match self.session.take() {
+            Some(session) => match session.reset() {
                 Ok(conn) => self.conn = Some(conn),
                 Err(e) => log::warn!("{}: backend reset: {e}", self.session_cfg.name),
-            }
+            },
+            None => self.drop_mappings(),
         }
         self.acked_features = 0;
         self.active.take().map(|a| a.interrupt)

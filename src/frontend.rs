@@ -163,6 +163,9 @@ pub struct SessionConfig {
     pub dax_fallback: DaxFallback,
     /// Standard dialect: exact-range replace policy.
     pub replace_exact: bool,
+    /// Bound on each step of ending a session: joining the backend channel thread, and the
+    /// backend's answer to `RESET_DEVICE`.
+    pub shutdown_timeout: Duration,
     /// Log prefix.
     pub name: String,
 }
@@ -260,11 +263,26 @@ impl Connection {
 }
 
 /// A live vhost-user session.
+///
+/// Ending it, by [`Session::reset`] or by dropping it, first stops and joins the backend channel
+/// thread (within [`SessionConfig::shutdown_timeout`]), then ends the window's generation
+/// ([`DaxWindow::reset`]): every mapping of the session is dropped, and nothing of the session
+/// can map again, not even a thread that missed the bound.
 #[derive(Debug)]
 pub struct Session {
+    // Dropped first: the thread stops and the mappings go before the connection closes.
+    teardown: Teardown,
     conn: Connection,
     negotiated: Negotiated,
+}
+
+/// What ending a session stops and drops, in that order; dropping it does both.
+#[derive(Debug)]
+struct Teardown {
     channel: Option<ChannelThread>,
+    window: Option<Arc<DaxWindow>>,
+    timeout: Duration,
+    name: String,
 }
 
 fn connect(cfg: &SessionConfig, max_queues: u64) -> Result<Frontend> {
@@ -391,25 +409,13 @@ impl Session {
         for v in vrings {
             setup_vring(&mut frontend, mem, v)?;
         }
-        let channel = if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
-            let (ours, theirs) = UnixStream::pair().map_err(Error::BackendChannel)?;
-            let mut builder = BackendChannel::builder(ours)
-                .dialect(cfg.dialect)
-                .replace_exact(cfg.replace_exact)
-                .io_space(io.clone())
-                .name(cfg.name.clone());
-            if let (true, Some(w)) = (dax, window) {
-                builder = builder.window(w.clone());
-            }
-            let thread = builder.build().spawn().map_err(Error::ChannelThread)?;
-            frontend
-                .set_backend_request_fd(&theirs)
-                .map_err(Error::SetBackendReqFd)?;
-            Some(thread)
-        } else {
-            None
-        };
-        Ok(Session {
+        let mut session = Session {
+            teardown: Teardown {
+                channel: None,
+                window: window.cloned(),
+                timeout: cfg.shutdown_timeout,
+                name: cfg.name.clone(),
+            },
             conn: Connection {
                 frontend,
                 backend_features,
@@ -420,8 +426,27 @@ impl Session {
                 protocol,
                 dax,
             },
-            channel,
-        })
+        };
+        if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            let (ours, theirs) = UnixStream::pair().map_err(Error::BackendChannel)?;
+            let mut builder = BackendChannel::builder(ours)
+                .dialect(cfg.dialect)
+                .replace_exact(cfg.replace_exact)
+                .io_space(io.clone())
+                .name(cfg.name.clone());
+            if let (true, Some(w)) = (dax, window) {
+                builder = builder.window(w.clone());
+            }
+            session.teardown.channel = Some(builder.build().spawn().map_err(Error::ChannelThread)?);
+            // From here on, a failure drops `session`, which stops the thread and drops whatever
+            // it mapped.
+            session
+                .conn
+                .frontend
+                .set_backend_request_fd(&theirs)
+                .map_err(Error::SetBackendReqFd)?;
+        }
+        Ok(session)
     }
 
     /// What was agreed.
@@ -432,7 +457,10 @@ impl Session {
     /// Whether the backend channel thread has ended (the backend closed it or died). Its
     /// mappings were dropped when it ended.
     pub fn channel_finished(&self) -> bool {
-        self.channel.as_ref().is_some_and(|c| c.is_finished())
+        self.teardown
+            .channel
+            .as_ref()
+            .is_some_and(|c| c.is_finished())
     }
 
     /// Whether the backend hung up the vhost-user socket (checked without blocking).
@@ -481,26 +509,93 @@ impl Session {
         Some(())
     }
 
-    /// Ends the session: stops the backend channel thread and, when negotiated, asks the backend
-    /// to reset (`RESET_DEVICE`). Returns the connection for the next activation. The caller
-    /// drops the window's mappings.
+    /// Ends the session: stops and joins the backend channel thread, ends the window's
+    /// generation (every mapping dropped), and, when negotiated, asks the backend to reset
+    /// (`RESET_DEVICE`), waiting at most [`SessionConfig::shutdown_timeout`] for its answer.
+    /// Returns the connection for the next activation; a backend that failed or timed out
+    /// `RESET_DEVICE` is an error, and its connection is dropped.
     pub fn reset(mut self) -> Result<Connection> {
-        if let Some(c) = self.channel.take() {
-            // The thread either stops on request or already ended with the backend; both fine.
-            let _ = c.stop();
-        }
+        self.teardown.stop();
+        let shutdown_timeout = self.teardown.timeout;
         if self
             .negotiated
             .protocol
             .contains(VhostUserProtocolFeatures::RESET_DEVICE)
         {
+            let fd = self.conn.frontend.as_raw_fd();
+            set_socket_timeout(fd, Some(shutdown_timeout)).map_err(|e| {
+                Error::ResetDevice(vhost::Error::VhostUserProtocol(
+                    vhost::vhost_user::Error::SocketError(e),
+                ))
+            })?;
             self.conn
                 .frontend
                 .reset_device()
                 .map_err(Error::ResetDevice)?;
+            set_socket_timeout(fd, None).map_err(|e| {
+                Error::ResetDevice(vhost::Error::VhostUserProtocol(
+                    vhost::vhost_user::Error::SocketError(e),
+                ))
+            })?;
         }
         Ok(self.conn)
     }
+}
+
+impl Teardown {
+    /// Stops and joins the channel thread (bounded), then ends the window's generation.
+    fn stop(&mut self) {
+        if let Some(c) = self.channel.take() {
+            match c.stop_timeout(self.timeout) {
+                // Stopped on request, or had ended with the backend: both fine.
+                Ok(()) | Err(crate::channel::Error::Disconnected) => {}
+                Err(e) => log::debug!("{}: backend channel thread: {e}", self.name),
+            }
+        }
+        if let Some(w) = self.window.take() {
+            if let Err(e) = w.reset() {
+                log::warn!("{}: dropping the mappings: {e}", self.name);
+            }
+        }
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sets (or clears, with `None`) the send and receive timeouts of a socket.
+fn set_socket_timeout(fd: RawFd, timeout: Option<Duration>) -> io::Result<()> {
+    let tv = match timeout {
+        Some(t) => libc::timeval {
+            tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+            // Below 1,000,000: fits suseconds_t.
+            tv_usec: t.subsec_micros().max(u32::from(t.is_zero())) as libc::suseconds_t,
+        },
+        None => libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+    };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: setsockopt reads size_of::<timeval>() bytes from `tv`, a live timeval on this
+        // stack frame; a bad descriptor is reported as an error, not undefined behaviour.
+        let ret = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn setup_vring(frontend: &mut Frontend, mem: &GuestMemoryMmap, v: &VringSetup<'_>) -> Result<()> {

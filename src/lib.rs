@@ -104,9 +104,10 @@
 //! assert!(backend.shmem_map(&bad, &file).is_err());
 //! assert_eq!(window.metrics().total_refusals(), 1);
 //!
-//! // Reset: drop every mapping, stop the channel thread.
-//! window.unmap_all()?;
+//! // Reset: first stop the channel thread (bounded; nothing can map after it), then end the
+//! // window's generation: every mapping dropped, and the old channel refused if it ever ran on.
 //! channel.stop()?;
+//! window.reset()?;
 //! # Ok(())
 //! # }
 //! ```
@@ -132,4 +133,4 @@ pub use device::{Fs, FsBuilder, VirtioDevice};
 pub use io::IoSpace;
 pub use metrics::{FsMetrics, Refusal};
 pub use protocol::Dialect;
-pub use window::{DaxWindow, Policy};
+pub use window::{DaxWindow, DaxWindowBuilder, Policy, WindowLease};
