@@ -818,6 +818,14 @@ fn raw_pair(w: &DaxWindow, file: &File, offset: u64) {
     raw.clear(black_box(offset), M2);
 }
 
+/// A 64 GiB window that may hold a mapping in every 2 MiB range (above the default bound).
+fn full_window() -> DaxWindow {
+    DaxWindow::builder(G64)
+        .max_mappings(LIVE as usize)
+        .build()
+        .unwrap()
+}
+
 fn map(c: &mut Criterion) {
     let file = memfd(M2);
     // One live mapping: a 2 MiB window, the measured range replacing all of it.
@@ -828,7 +836,7 @@ fn map(c: &mut Criterion) {
     let full = OnceCell::new();
     let full = || {
         full.get_or_init(|| {
-            let w = DaxWindow::new(G64).unwrap();
+            let w = full_window();
             fill_window(&w, &file, LIVE - 1);
             w
         })
@@ -1047,7 +1055,7 @@ fn reset(c: &mut Criterion) {
     let file = memfd(M2);
     // Both sides use one 64 GiB window, filled before each timed reset (32,768 maps, untimed).
     let window = OnceCell::new();
-    let window = || window.get_or_init(|| DaxWindow::new(G64).unwrap());
+    let window = || window.get_or_init(full_window);
     let mut g = c.benchmark_group("reset");
     // Each iteration maps 32,768 ranges first (~0.2 s): few samples, one iteration each.
     g.sample_size(10)

@@ -462,6 +462,8 @@ impl BackendChannel {
                 }
                 Err(e) if e.errno() == libc::EINTR => continue,
                 Err(e) if e.errno() == libc::EAGAIN => return Ok(Recv::WouldBlock),
+                // The backend closed its end with replies unread: an end of stream like any.
+                Err(e) if e.errno() == libc::ECONNRESET => return Ok(Recv::Bytes(0)),
                 Err(e) => return Err(Error::Recv(io::Error::from_raw_os_error(e.errno()))),
             }
         }

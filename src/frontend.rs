@@ -131,6 +131,9 @@ pub enum Error {
     /// `RESET_DEVICE` failed.
     #[error("RESET_DEVICE failed")]
     ResetDevice(#[source] vhost::Error),
+    /// The backend did not answer `RESET_DEVICE` within the bound; the connection was shut down.
+    #[error("the backend did not answer RESET_DEVICE within {0:?}")]
+    ResetTimeout(Duration),
 }
 
 /// Result of session operations.
@@ -522,21 +525,7 @@ impl Session {
             .protocol
             .contains(VhostUserProtocolFeatures::RESET_DEVICE)
         {
-            let fd = self.conn.frontend.as_raw_fd();
-            set_socket_timeout(fd, Some(shutdown_timeout)).map_err(|e| {
-                Error::ResetDevice(vhost::Error::VhostUserProtocol(
-                    vhost::vhost_user::Error::SocketError(e),
-                ))
-            })?;
-            self.conn
-                .frontend
-                .reset_device()
-                .map_err(Error::ResetDevice)?;
-            set_socket_timeout(fd, None).map_err(|e| {
-                Error::ResetDevice(vhost::Error::VhostUserProtocol(
-                    vhost::vhost_user::Error::SocketError(e),
-                ))
-            })?;
+            reset_device_within(&self.conn.frontend, shutdown_timeout)?;
         }
         Ok(self.conn)
     }
@@ -566,36 +555,37 @@ impl Drop for Teardown {
     }
 }
 
-/// Sets (or clears, with `None`) the send and receive timeouts of a socket.
-fn set_socket_timeout(fd: RawFd, timeout: Option<Duration>) -> io::Result<()> {
-    let tv = match timeout {
-        Some(t) => libc::timeval {
-            tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-            // Below 1,000,000: fits suseconds_t.
-            tv_usec: t.subsec_micros().max(u32::from(t.is_zero())) as libc::suseconds_t,
-        },
-        None => libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
-    };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: setsockopt reads size_of::<timeval>() bytes from `tv`, a live timeval on this
-        // stack frame; a bad descriptor is reported as an error, not undefined behaviour.
-        let ret = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if ret != 0 {
-            return Err(io::Error::last_os_error());
+/// Sends `RESET_DEVICE` and waits at most `timeout` for the backend's answer. vhost's
+/// `Frontend` waits for a reply without a bound (and spins on `EAGAIN`, so a socket timeout does
+/// not help), so the request runs on a short-lived thread; past the bound the socket is shut
+/// down, which makes that thread's wait fail and end, and the connection is given up.
+fn reset_device_within(frontend: &Frontend, timeout: Duration) -> Result<()> {
+    // Read before the request: `as_raw_fd` takes the lock the waiting request holds.
+    let fd = frontend.as_raw_fd();
+    let mut f = frontend.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = thread::Builder::new()
+        .name("vhost-user-reset".into())
+        .spawn(move || {
+            let _ = tx.send(f.reset_device());
+        })
+        .map_err(|e| {
+            Error::ResetDevice(vhost::Error::VhostUserProtocol(
+                vhost::vhost_user::Error::SocketError(e),
+            ))
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(res) => {
+            let _ = thread.join();
+            res.map_err(Error::ResetDevice)
+        }
+        Err(_) => {
+            // SAFETY: shutdown(2) on the descriptor `frontend` owns, which stays open while it
+            // is borrowed here; shutdown does not close or reuse it, it only ends the stream.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            Err(Error::ResetTimeout(timeout))
         }
     }
-    Ok(())
 }
 
 fn setup_vring(frontend: &mut Frontend, mem: &GuestMemoryMmap, v: &VringSetup<'_>) -> Result<()> {

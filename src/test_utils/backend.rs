@@ -129,6 +129,8 @@ pub struct TestBackendConfig {
     /// its end read as zeros, and such a read is recorded as an error (see the module
     /// documentation for why it is not refused). Default: empty.
     pub config: Vec<u8>,
+    /// How long `RESET_DEVICE` takes before it is answered: a stalled backend. Default: 0.
+    pub reset_device_delay: Duration,
 }
 
 impl Default for TestBackendConfig {
@@ -145,6 +147,7 @@ impl Default for TestBackendConfig {
                 | VhostUserProtocolFeatures::SHMEM,
             queue_num: 2,
             config: Vec::new(),
+            reset_device_delay: Duration::ZERO,
         }
     }
 }
@@ -442,6 +445,7 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
 
     fn reset_device(&mut self) -> VhostUserResult<()> {
         self.request("RESET_DEVICE");
+        thread::sleep(self.config.reset_device_delay);
         self.state.reset_device_count += 1;
         self.state.vrings = self.fresh_vrings();
         Ok(())

@@ -28,8 +28,15 @@
 //! quarter of Linux's default `vm.max_map_count` (65,530). An optional granule
 //! ([`DaxWindowBuilder::granule`]) refuses ranges that are not multiples of it.
 //!
-//! Cleanup works even when the process is at its map limit (every `mmap` refused there): see
-//! the reservation's ballast in the crate's README. Should putting the reservation back ever
+//! Cleanup works even when the process is at its map limit, where the kernel refuses every
+//! `mmap` (the `MAP_FIXED` re-map that puts the reservation back included) and only a `munmap`
+//! that splits nothing still succeeds. Unmapping window ranges with `munmap` would leave a hole
+//! for another thread's `mmap(NULL, ..)`, so the window keeps a ballast: four one-page mappings
+//! outside it, each its own kernel mapping. When putting the reservation back fails with
+//! `ENOMEM`, a ballast page is unmapped, which frees a slot, and the re-map is tried again. A
+//! map is only attempted with the whole ballast in hand (it is refilled first; at the limit
+//! that fails and the map is refused with `ENOMEM` before the window is touched), so requests
+//! cannot spend what cleanup needs. Should putting the reservation back ever
 //! fail all the same, the window is poisoned: every map is refused ([`Error::Poisoned`]) until
 //! an unmap-all or a reset succeeds.
 //!
@@ -460,7 +467,19 @@ impl DaxWindow {
             after += 1 + inner.table.remove_delta(e.offset, e.len) + isize::from(overlaps_earlier);
             self.check_limit(after, e.offset, e.len)?;
         }
+        // A map may fail half way and need the reservation put back: only map with the whole
+        // ballast in hand, so that a backend mapping at the process's limit cannot spend the
+        // ballast that cleanup needs. At the limit the refill fails and the map is refused here,
+        // before the window is touched.
         inner.ballast.refill();
+        if !inner.ballast.is_full() {
+            let (offset, len) = entries.first().map_or((0, 0), |e| (e.offset, e.len));
+            return Err(Error::Map {
+                offset,
+                len,
+                source: io::Error::from_raw_os_error(libc::ENOMEM),
+            });
+        }
         for (done, e) in entries.iter().enumerate() {
             // Offsets and lengths fit usize: they were checked against the window size, which
             // fits usize since the reservation exists.

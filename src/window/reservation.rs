@@ -213,6 +213,11 @@ impl Ballast {
         }
     }
 
+    /// Whether every ballast page is there.
+    pub fn is_full(&self) -> bool {
+        self.pages.len() >= BALLAST_PAGES
+    }
+
     /// Unmaps one page, freeing a map slot; false when none is left.
     pub fn release_one(&mut self) -> bool {
         let Some(addr) = self.pages.pop() else {

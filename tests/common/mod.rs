@@ -124,6 +124,36 @@ pub fn assert_window_sound(w: &DaxWindow) {
     }
 }
 
+/// Every page of the window shows in /proc/self/maps what the mapping table says: the
+/// reservation (`---p`) where nothing is mapped, `r--s` or `rw-s` where a mapping is.
+pub fn assert_table_matches_kernel(w: &DaxWindow) {
+    let lines = maps_in(w.host_addr(), w.size());
+    let table = w.mappings();
+    for off in (0..w.size()).step_by(w.page_size() as usize) {
+        let addr = w.host_addr() + off;
+        let perms = lines
+            .iter()
+            .find(|l| l.start <= addr && addr < l.end)
+            .map(|l| l.perms.as_str())
+            .unwrap_or("(hole)");
+        let want = match table
+            .iter()
+            .find(|m| m.offset <= off && off < m.offset + m.len)
+        {
+            None => "---p",
+            Some(m) if m.access == virtio_fs_dax::protocol::Access::ReadOnly => "r--s",
+            Some(_) => "rw-s",
+        };
+        assert_eq!(
+            perms, want,
+            "window page {off:#x}: the kernel and the table disagree; table {table:#x?}"
+        );
+    }
+    let m = w.metrics();
+    assert_eq!(m.live_mappings(), table.len() as u64);
+    assert_eq!(m.mapped_bytes(), table.iter().map(|m| m.len).sum::<u64>());
+}
+
 /// Permissions of the page at `offset` of the window, from /proc/self/maps.
 pub fn perms_at(w: &DaxWindow, offset: u64) -> String {
     maps_in(w.host_addr() + offset, 1)
