@@ -91,9 +91,6 @@ pub const DRAIN_BUDGET: usize = 256 << 10;
 /// How long [`ChannelThread::stop`] and dropping a [`ChannelThread`] wait for the thread.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Messages the channel thread handles before it looks at its stop event again.
-const BATCH: usize = 16;
-
 /// Shared memory region id of the virtio-fs cache window (`VIRTIO_FS_SHMCAP_ID_CACHE`).
 pub const SHMID_CACHE: u8 = 0;
 
@@ -575,21 +572,26 @@ impl BackendChannel {
     pub fn handle_one_timeout(&mut self, timeout: Duration) -> Result<Option<Outcome>> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(out) = self.handle_one()? {
-                return Ok(Some(out));
-            }
+            // Whatever part of a message the reader holds, the rest is still in the socket: poll
+            // sees all there is to wait for.
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
             let mut pfd = libc::pollfd {
                 fd: self.sock.as_raw_fd(),
                 events: libc::POLLIN | libc::POLLRDHUP,
                 revents: 0,
             };
-            let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+            let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
             // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, ms) };
+            let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if ready != 0 {
+                // Readable, hung up, or poll failed (EINTR): handle_one finds out which.
+                if let Some(out) = self.handle_one()? {
+                    return Ok(Some(out));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
         }
     }
 
@@ -825,17 +827,13 @@ impl BackendChannel {
             if events[..n].iter().any(|e| e.data() == 1) {
                 return Ok(());
             }
-            for _ in 0..BATCH {
-                match self.handle_one() {
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(e) => {
-                        if stop.read().is_ok() {
-                            return Ok(());
-                        }
-                        return Err(e);
-                    }
+            // One message a wakeup: the socket is watched level-triggered, so whatever else
+            // is there wakes the next `epoll_wait` at once, and a stop is seen in between.
+            if let Err(e) = self.handle_one() {
+                if stop.read().is_ok() {
+                    return Ok(());
                 }
+                return Err(e);
             }
         }
     }
