@@ -21,7 +21,7 @@
 //! `recvmsg` that returns `EAGAIN`, not a stalled thread. Each call reads only the bytes of the
 //! message in progress (header first, then exactly the body it announces), so descriptors are
 //! always attributed to the message whose bytes carried them. A body above
-//! [`MAX_BODY_SIZE`](crate::protocol::MAX_BODY_SIZE) is drained, at most [`DRAIN_BUDGET`] bytes a
+//! [`MAX_BODY_SIZE`] is drained, at most [`DRAIN_BUDGET`] bytes a
 //! call, then refused with `EMSGSIZE` like any refusal: the stream stays in sync and the event
 //! loop is never held longer than that. Watch the socket level-triggered (the default of epoll).
 //!

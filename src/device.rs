@@ -18,7 +18,10 @@
 //!    the device registers the window through the VMM's [`MemoryManager`] (and again on every
 //!    BAR move).
 //! 4. On `DRIVER_OK`, [`VirtioDevice::activate`] with the guest memory, the interrupt and the
-//!    queues with their kick and call eventfds. On device reset, [`VirtioDevice::reset`].
+//!    queues with their kick and call eventfds. On device reset, [`VirtioDevice::reset`]: it
+//!    stops the backend channel thread, then drops every mapping (a new window generation: no
+//!    request of the old session can map again), then sends `RESET_DEVICE`, each step bounded
+//!    by [`FsBuilder::shutdown_timeout`].
 //! 5. Watch [`Fs::backend_fd`] for a hangup and call [`Fs::check_backend`]: when the backend is
 //!    gone its mappings are dropped (the backend channel also drops them by itself the moment a
 //!    killed backend's end closes); call [`Fs::reconnect`] once it is back.
