@@ -83,6 +83,7 @@ pub const SYSCALLS: &[&str] = &[
     "shutdown",
     "poll",
     "ppoll",
+    "fcntl",
 ];
 
 /// Most bytes of an oversized body drained in one [`BackendChannel::handle_one`] call.
@@ -677,7 +678,20 @@ impl BackendChannel {
         }
     }
 
+    /// Refuses the work of a session whose window generation has ended. Maps and unmaps are
+    /// checked again under the window's lock; this covers the IO path, between its entries too.
+    fn check_current(&self) -> std::result::Result<(), RequestError> {
+        match &self.window {
+            Some(lease) if !lease.is_current() => Err(RequestError::Window(window::Error::Stale {
+                lease: lease.generation(),
+                current: lease.window().generation(),
+            })),
+            _ => Ok(()),
+        }
+    }
+
     fn execute(&self, req: Request, files: &[File]) -> std::result::Result<Reply, RequestError> {
+        self.check_current()?;
         // The decoder checked the descriptor count; `first` cannot be missing where it is used.
         let file = || {
             files
@@ -723,6 +737,7 @@ impl BackendChannel {
                 }
                 let mut total = 0;
                 for e in &entries {
+                    self.check_current()?;
                     let t = match e.direction {
                         IoDirection::ReadFile => Transfer::ReadFile(file, e.fd_offset),
                         IoDirection::WriteFile => Transfer::WriteFile(file, e.fd_offset),

@@ -520,6 +520,37 @@ fn a_channel_of_an_ended_generation_maps_nothing_and_wipes_nothing() {
 }
 
 #[test]
+fn io_of_an_ended_generation_is_refused() {
+    use virtio_fs_dax::protocol::{legacy, FsBackendMsg, FS_FLAG_MAP_R};
+    use virtio_fs_dax::IoSpace;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    let _g = serial();
+    let ram = Arc::new(
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (4 * MIB) as usize)]).unwrap(),
+    );
+    let io = Arc::new(IoSpace::with_guest_memory(ram.clone()));
+    let h = Harness::with(Dialect::Legacy, 8 * MIB, false, io);
+    let (file, _) = memfd(PAGE, |_| 0x77);
+    // FS_IO: read one page of the file into guest RAM at 0x1000.
+    let mut m = FsBackendMsg::default();
+    m.fd_offset[0] = 0;
+    m.cache_offset[0] = 0x1000;
+    m.len[0] = PAGE;
+    m.flags[0] = FS_FLAG_MAP_R;
+    let body = m.as_slice().to_vec();
+    let fd = file.as_raw_fd();
+    assert_eq!(h.peer.call(legacy::FS_IO, &body, &[fd]), PAGE as i64);
+    assert_eq!(ram.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0x77);
+    // The session ends; the channel's next IO, into the next driver's RAM, is refused.
+    ram.write_obj(0u8, GuestAddress(0x1000)).unwrap();
+    h.window.reset().unwrap();
+    assert_eq!(h.peer.call(legacy::FS_IO, &body, &[fd]), neg(libc::ESTALE));
+    assert_eq!(ram.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0);
+    assert_eq!(h.window.metrics().refusals(Refusal::Stale), 1);
+    h.stop();
+}
+
+#[test]
 fn dropping_a_channel_thread_stops_it() {
     let _g = serial();
     let mut h = Harness::new(Dialect::Standard, 8 * MIB);
