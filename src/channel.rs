@@ -20,10 +20,10 @@
 //! descriptors), so a backend that sends half a message and goes silent costs the caller one
 //! `recvmsg` that returns `EAGAIN`, not a stalled thread. Each call reads only the bytes of the
 //! message in progress (header first, then exactly the body it announces), so descriptors are
-//! always attributed to the message whose bytes carried them. A body above
-//! [`MAX_BODY_SIZE`] is drained, at most [`DRAIN_BUDGET`] bytes a
-//! call, then refused with `EMSGSIZE` like any refusal: the stream stays in sync and the event
-//! loop is never held longer than that. Watch the socket level-triggered (the default of epoll).
+//! always attributed to the message whose bytes carried them. A body above [`MAX_BODY_SIZE`] is
+//! drained, at most [`DRAIN_BUDGET`] bytes a call, then refused with `EMSGSIZE` like any
+//! refusal: the stream stays in sync and the event loop is never held longer than that. Watch
+//! the socket level-triggered (the default of epoll).
 //!
 //! A reply is sent without blocking too. The backend reads each reply before it sends its next
 //! request (vhost's `Backend` does); one that leaves replies unread until the socket buffer is
@@ -558,8 +558,8 @@ impl BackendChannel {
     /// [`Outcome::value`]).
     ///
     /// `Err` means the channel is gone: the backend closed it, broke the protocol, or left its
-    /// replies unread. The window lease is then ended: every mapping is dropped and later calls
-    /// on a window reset since are refused. Stop watching the socket.
+    /// replies unread. The window lease is then ended ([`WindowLease::end`]): every mapping is
+    /// dropped and the window moves to a new generation. Stop watching the socket.
     pub fn handle_one(&mut self) -> Result<Option<Outcome>> {
         let res = self.handle_ready();
         if let Err(e) = &res {
