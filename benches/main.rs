@@ -450,8 +450,15 @@ enum RawOp {
 }
 
 fn serve_raw(place: &Placement, op: RawOp) -> Served {
+    serve_raw_with(place, op, false)
+}
+
+/// As [`serve_raw`]; with `poll_first`, the server waits for readiness with `poll(2)` before each
+/// message, as an event loop does.
+fn serve_raw_with(place: &Placement, op: RawOp, poll_first: bool) -> Served {
     let (ours, peer) = UnixStream::pair().unwrap();
-    let server = place.server(|| Server::Thread(thread::spawn(move || raw_server(ours, op))));
+    let server =
+        place.server(|| Server::Thread(thread::spawn(move || raw_server(ours, op, poll_first))));
     Served {
         peer,
         server: Some(server),
@@ -504,7 +511,7 @@ fn raw_recv(fd: RawFd, buf: &mut [u8], file: &mut Option<OwnedFd>) -> Option<()>
 
 /// The floor of the channel: header and body read as the channel reads them (two `recvmsg`),
 /// no decoding, no checks, no table; the mmap (or pread), then a 20-byte reply.
-fn raw_server(sock: UnixStream, op: RawOp) {
+fn raw_server(sock: UnixStream, op: RawOp, poll_first: bool) {
     let fd = sock.as_raw_fd();
     let reservation = match op {
         RawOp::Map { window } => Some(RawReservation::new(window)),
@@ -517,6 +524,15 @@ fn raw_server(sock: UnixStream, op: RawOp) {
     let mut hdr = [0u8; HEADER_SIZE];
     let mut body = [0u8; size_of::<FsBackendMsg>()];
     loop {
+        if poll_first {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, -1) };
+        }
         let mut file = None;
         if raw_recv(fd, &mut hdr, &mut file).is_none() {
             return;
@@ -919,6 +935,19 @@ fn channel(c: &mut Criterion) {
         });
         timed(n, || pair(s))
     });
+    let mut raw_polled = None;
+    let mut floor_polled = Side::new("floor_socket_poll_map_unmap_2m", |n| {
+        let s = raw_polled.get_or_insert_with(|| {
+            serve_raw_with(
+                &place,
+                RawOp::Map {
+                    window: SOCKET_WINDOW,
+                },
+                true,
+            )
+        });
+        timed(n, || pair(s))
+    });
     let mut spawned = None;
     let mut crate_spawn = Side::new("map_unmap_2m", |n| {
         let s = spawned.get_or_insert_with(|| serve_channel(&place, Drive::Spawn, standard));
@@ -930,12 +959,15 @@ fn channel(c: &mut Criterion) {
         timed(n, || pair(s))
     });
     floor.bench(&mut g);
+    floor_polled.bench(&mut g);
     crate_spawn.bench(&mut g);
     crate_loop.bench(&mut g);
     g.finish();
     let goal = Goal::TimeAtMost(1.25);
     paired("channel", &mut crate_spawn, &mut floor, 20, goal);
     paired("channel", &mut crate_loop, &mut floor, 20, goal);
+    // The event-loop reader against a raw server that also waits for readiness first.
+    paired("channel", &mut crate_loop, &mut floor_polled, 20, goal);
 }
 
 fn dialect(c: &mut Criterion) {

@@ -50,6 +50,7 @@ mod reservation;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use self::ranges::{
@@ -243,6 +244,8 @@ impl Inner {
 #[derive(Debug)]
 pub struct DaxWindow {
     inner: Mutex<Inner>,
+    /// `Inner::generation`, readable without the lock; written under it.
+    generation: AtomicU64,
     host_addr: u64,
     size: u64,
     page_size: u64,
@@ -309,6 +312,7 @@ impl DaxWindowBuilder {
         let mut ballast = Ballast::default();
         ballast.refill();
         Ok(DaxWindow {
+            generation: AtomicU64::new(0),
             host_addr: reservation.addr() as u64,
             inner: Mutex::new(Inner {
                 reservation,
@@ -464,7 +468,15 @@ impl DaxWindow {
             if overlaps_earlier && policy.overlap != OverlapPolicy::Replace {
                 return Err(busy());
             }
-            after += 1 + inner.table.remove_delta(e.offset, e.len) + isize::from(overlaps_earlier);
+            after += match policy.overlap {
+                // `check_map` let it through: nothing overlaps ...
+                OverlapPolicy::Reject => 1,
+                // ... or exactly one mapping is replaced.
+                OverlapPolicy::ReplaceExact => isize::from(!inner.table.is_exact(e.offset, e.len)),
+                OverlapPolicy::Replace => {
+                    1 + inner.table.remove_delta(e.offset, e.len) + isize::from(overlaps_earlier)
+                }
+            };
             self.check_limit(after, e.offset, e.len)?;
         }
         // A map may fail half way and need the reservation put back: only map with the whole
@@ -540,8 +552,11 @@ impl DaxWindow {
             {
                 return Err(not_mapped(RangeError::NotMapped));
             }
-            after += inner.table.remove_delta(r.offset, r.len).max(0);
-            self.check_limit(after, r.offset, r.len)?;
+            // An exact unmap removes one mapping; any other may split one in two.
+            if policy.unmap == UnmapPolicy::Any {
+                after += inner.table.remove_delta(r.offset, r.len).max(0);
+                self.check_limit(after, r.offset, r.len)?;
+            }
         }
         let mut result = Ok(());
         for r in ranges {
@@ -577,17 +592,28 @@ impl DaxWindow {
     /// backend gone, reconnect), after stopping what serves the session. The generation moves
     /// on even if dropping the mappings fails (the window is then poisoned).
     pub fn reset(&self) -> Result<()> {
+        self.end_generation(None)
+    }
+
+    /// Ends generation `lease` (`None`: the current one) and drops every mapping; nothing when
+    /// the window is past `lease` already.
+    fn end_generation(&self, lease: Option<u64>) -> Result<()> {
         let mut inner = self.lock();
+        if lease.is_some_and(|g| g != inner.generation) {
+            return Ok(());
+        }
         inner.generation += 1;
+        self.generation.store(inner.generation, Ordering::Release);
         let result = inner.clear_all(self.size);
         FsMetrics::add(&self.metrics.unmaps, 1);
         self.update_gauges(&inner);
         result
     }
 
-    /// The current generation: how many times [`DaxWindow::reset`] ran.
+    /// The current generation: how many sessions ended ([`DaxWindow::reset`],
+    /// [`WindowLease::end`]).
     pub fn generation(&self) -> u64 {
-        self.lock().generation
+        self.generation.load(Ordering::Acquire)
     }
 
     /// A lease on the current generation, for whatever serves one session (a
@@ -711,15 +737,7 @@ impl WindowLease {
     /// Ends this lease's generation if it is still current ([`DaxWindow::reset`]); does
     /// nothing when a newer generation has begun, whose mappings are not this session's to drop.
     pub fn end(&self) -> Result<()> {
-        let mut inner = self.window.lock();
-        if inner.generation != self.generation {
-            return Ok(());
-        }
-        inner.generation += 1;
-        let result = inner.clear_all(self.window.size);
-        FsMetrics::add(&self.window.metrics.unmaps, 1);
-        self.window.update_gauges(&inner);
-        result
+        self.window.end_generation(Some(self.generation))
     }
 }
 

@@ -175,11 +175,16 @@ impl MappingTable {
             })
     }
 
+    /// Whether `[offset, offset + len)` is exactly one live mapping.
+    pub fn is_exact(&self, offset: u64, len: u64) -> bool {
+        matches!(self.map.get(&offset), Some(&(l, _)) if l == len)
+    }
+
     /// How the number of live mappings changes when `[offset, offset + len)` is forgotten:
     /// pieces kept at either end, less the mappings it touches. Costs O(log n + k) for the k
     /// mappings it touches.
     pub fn remove_delta(&self, offset: u64, len: u64) -> isize {
-        if matches!(self.map.get(&offset), Some(&(l, _)) if l == len) {
+        if self.is_exact(offset, len) {
             return -1;
         }
         let end = offset.saturating_add(len);
