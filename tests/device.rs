@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vhost::vhost_user::message::{VhostUserMMap, VhostUserProtocolFeatures as P};
+use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
 use vhost::vhost_user::VhostUserFrontendReqHandler;
 use vm_memory::GuestMemoryAtomic;
 
@@ -23,17 +23,6 @@ use virtio_fs_dax::{Dialect, Fs};
 
 const WIN_GPA: u64 = 1 << 34;
 const T: Duration = Duration::from_secs(5);
-
-fn map(offset: u64, len: u64) -> VhostUserMMap {
-    VhostUserMMap {
-        shmid: 0,
-        padding: [0; 7],
-        fd_offset: 0,
-        shm_offset: offset,
-        len,
-        flags: 0,
-    }
-}
 
 fn device(socket: &std::path::Path, mm: Arc<FakeMemoryManager>) -> Fs {
     let mut fs = Fs::builder("dax")
@@ -108,7 +97,7 @@ fn shmem_session_map_reset_reconnect() {
     // The backend maps a file through the channel: it lands in the device's window.
     let (file, _) = memfd(2 * MIB, |_| 0x42);
     let backend = server.backend_channel().unwrap();
-    backend.shmem_map(&map(0, 2 * MIB), &file).unwrap();
+    backend.shmem_map(&shmem_range(0, 2 * MIB), &file).unwrap();
     let w = fs.window().unwrap().clone();
     assert_eq!(read_window(&w, 0, 4), vec![0x42; 4]);
     assert_eq!(fs.metrics().live_mappings(), 1);
@@ -131,7 +120,9 @@ fn shmem_session_map_reset_reconnect() {
     fs.activate(mem.clone(), irq.clone(), activate_queues(2, 128))
         .unwrap();
     let backend = server.backend_channel().unwrap();
-    backend.shmem_map(&map(2 * MIB, 2 * MIB), &file).unwrap();
+    backend
+        .shmem_map(&shmem_range(2 * MIB, 2 * MIB), &file)
+        .unwrap();
     assert_eq!(w.live_mappings(), 1);
     server.disconnect();
     common::wait_backend_lost(&mut fs, T, "backend loss");
@@ -147,7 +138,7 @@ fn shmem_session_map_reset_reconnect() {
     assert!(server.wait_for(|s| s.backend_channel && s.vrings.len() == 2, T));
     assert_eq!(server.connections(), 2);
     let backend = server.backend_channel().unwrap();
-    backend.shmem_map(&map(0, 2 * MIB), &file).unwrap();
+    backend.shmem_map(&shmem_range(0, 2 * MIB), &file).unwrap();
     assert_eq!(w.live_mappings(), 1);
     assert_window_sound(&w);
 

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::VhostUserMMap;
 use vhost::vhost_user::VhostUserFrontendReqHandler;
 use vm_memory::{ByteValued, GuestMemoryAtomic};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -42,20 +41,9 @@ use virtio_fs_dax::{BackendChannel, DaxWindow, Dialect, Fs, Policy, Refusal};
 const WIN_GPA: u64 = 1 << 34;
 const T: Duration = Duration::from_secs(5);
 
-fn map(offset: u64, len: u64) -> VhostUserMMap {
-    VhostUserMMap {
-        shmid: 0,
-        padding: [0; 7],
-        fd_offset: 0,
-        shm_offset: offset,
-        len,
-        flags: 0,
-    }
-}
-
 /// A read-only SHMEM_MAP (or SHMEM_UNMAP) body of region 0.
 fn ro(offset: u64, len: u64) -> Vec<u8> {
-    map(offset, len).as_slice().to_vec()
+    shmem_range(offset, len).as_slice().to_vec()
 }
 
 fn neg(errno: i32) -> i64 {
@@ -91,6 +79,29 @@ fn device(socket: &std::path::Path) -> Fs {
     fs
 }
 
+/// A device on the in-process backend, its window and guest RAM.
+struct Started {
+    _dir: tempfile::TempDir,
+    server: TestBackendServer,
+    fs: Fs,
+    w: Arc<DaxWindow>,
+    mem: GuestMemoryAtomic<vm_memory::GuestMemoryMmap>,
+}
+
+fn started() -> Started {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("be.sock");
+    let server = TestBackendServer::start(&socket, TestBackendConfig::default()).unwrap();
+    let fs = device(&socket);
+    Started {
+        w: fs.window().unwrap().clone(),
+        mem: GuestMemoryAtomic::new(guest_memory(8 << 20)),
+        _dir: dir,
+        server,
+        fs,
+    }
+}
+
 fn activate(fs: &mut Fs, mem: &GuestMemoryAtomic<vm_memory::GuestMemoryMmap>) {
     fs.connect().unwrap();
     fs.ack_features(fs.features());
@@ -120,12 +131,13 @@ impl Rng {
 #[test]
 fn reset_while_the_backend_maps_leaves_no_mapping() {
     let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("be.sock");
-    let server = TestBackendServer::start(&socket, TestBackendConfig::default()).unwrap();
-    let mut fs = device(&socket);
-    let w = fs.window().unwrap().clone();
-    let mem = GuestMemoryAtomic::new(guest_memory(8 << 20));
+    let Started {
+        _dir,
+        server,
+        mut fs,
+        w,
+        mem,
+    } = started();
     let (file, _) = memfd(2 * MIB, |_| 0x5a);
     let file = Arc::new(file);
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
@@ -139,8 +151,8 @@ fn reset_while_the_backend_maps_leaves_no_mapping() {
         let maps_before = w.metrics().maps();
         // The backend maps and unmaps one range as fast as it can, until its channel fails.
         let hammer = thread::spawn(move || loop {
-            if backend.shmem_map(&map(0, 2 * MIB), &*f).is_err()
-                || backend.shmem_unmap(&map(0, 2 * MIB)).is_err()
+            if backend.shmem_map(&shmem_range(0, 2 * MIB), &*f).is_err()
+                || backend.shmem_unmap(&shmem_range(0, 2 * MIB)).is_err()
             {
                 return;
             }
@@ -168,19 +180,20 @@ fn reset_while_the_backend_maps_leaves_no_mapping() {
 #[test]
 fn an_ended_session_leaves_no_thread_that_wipes_the_next_one() {
     let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("be.sock");
-    let server = TestBackendServer::start(&socket, TestBackendConfig::default()).unwrap();
-    let mut fs = device(&socket);
-    let w = fs.window().unwrap().clone();
-    let mem = GuestMemoryAtomic::new(guest_memory(8 << 20));
+    let Started {
+        _dir,
+        server,
+        mut fs,
+        w,
+        mem,
+    } = started();
     activate(&mut fs, &mem);
     let (file, _) = memfd(4 * MIB, |page| (page / 512) as u8 + 1);
 
     // The first backend maps, then its vhost-user connection goes away while something (a
     // forked child, say) still holds its end of the backend channel.
     let old = server.backend_channel().unwrap();
-    old.shmem_map(&map(0, 2 * MIB), &file).unwrap();
+    old.shmem_map(&shmem_range(0, 2 * MIB), &file).unwrap();
     assert_eq!(w.live_mappings(), 1);
     server.disconnect();
     wait_backend_lost(&mut fs, T, "backend loss");
@@ -190,7 +203,7 @@ fn an_ended_session_leaves_no_thread_that_wipes_the_next_one() {
     fs.reconnect().unwrap();
     assert!(server.wait_for(|s| s.backend_channel && s.connection == 2, T));
     let new = server.backend_channel().unwrap();
-    let mut m = map(2 * MIB, 2 * MIB);
+    let mut m = shmem_range(2 * MIB, 2 * MIB);
     m.fd_offset = 2 * MIB;
     new.shmem_map(&m, &file).unwrap();
     assert_eq!(w.live_mappings(), 1);
@@ -233,7 +246,7 @@ fn reset_and_drop_with_a_stalled_backend_are_bounded() {
     server
         .backend_channel()
         .unwrap()
-        .shmem_map(&map(0, 2 * MIB), &file)
+        .shmem_map(&shmem_range(0, 2 * MIB), &file)
         .unwrap();
 
     // Reset: the backend sits on RESET_DEVICE; the device gives up after its bound, with the

@@ -188,6 +188,18 @@ pub fn write_window(w: &DaxWindow, offset: u64, data: &[u8]) {
     }
 }
 
+/// A read-only SHMEM_MAP (or SHMEM_UNMAP) payload of region 0 at `offset`, file offset 0.
+pub fn shmem_range(offset: u64, len: u64) -> vhost::vhost_user::message::VhostUserMMap {
+    vhost::vhost_user::message::VhostUserMMap {
+        shmid: 0,
+        padding: [0; 7],
+        fd_offset: 0,
+        shm_offset: offset,
+        len,
+        flags: 0,
+    }
+}
+
 /// A peer that writes whatever bytes and descriptors a test wants, and reads replies.
 pub struct RawPeer {
     pub sock: UnixStream,
