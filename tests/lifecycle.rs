@@ -593,6 +593,14 @@ fn dropping_a_channel_thread_stops_it() {
 fn the_window_bounds_its_live_mappings() {
     let _g = serial();
     let (file, _) = memfd(16 * PAGE, |_| 1);
+    // No bound at all is usize::MAX.
+    let unbounded = DaxWindow::builder(8 * MIB)
+        .max_mappings(usize::MAX)
+        .build()
+        .unwrap();
+    unbounded
+        .map(&[entry(0, PAGE)], &file, Policy::STANDARD)
+        .unwrap();
     let w = Arc::new(DaxWindow::builder(8 * MIB).max_mappings(4).build().unwrap());
     assert_eq!(w.max_mappings(), 4);
     let (mut channel, peer) = channel_over(&w);

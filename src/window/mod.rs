@@ -423,7 +423,7 @@ impl DaxWindow {
 
     /// Refuses a request that would leave more than `max_mappings` live mappings.
     fn check_limit(&self, after: isize, offset: u64, len: u64) -> Result<()> {
-        if after > self.max_mappings as isize {
+        if usize::try_from(after).is_ok_and(|a| a > self.max_mappings) {
             return Err(self.range_error(offset, len, 0, RangeError::Limit));
         }
         Ok(())
