@@ -55,6 +55,9 @@ cargo test --all-features
 step "demo (the README's first command, fewer latency rounds)"
 cargo run --release --example demo -- --rounds 200
 
+step "nested KVM (the route of the real-guest tests: directly, or in a QEMU TCG guest with SVM)"
+bash scripts/with-kvm.sh python3 scripts/kvm-check.py
+
 step "miri (the decoder and the range bookkeeping)"
 # The pure modules under Miri: the decoder (src/protocol, bodies at every alignment) and
 # src/window/ranges.rs. Miri ships with nightly toolchains only: the active toolchain's when it

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Copyright 2026 The virtio-fs-dax Authors
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+#
+# Runs a command where /dev/kvm can boot a stock Linux guest, and exits with the command's
+# status.
+#
+#   bash scripts/with-kvm.sh [--] COMMAND [ARG...]
+#
+# - Where the host's KVM has hardware virtualisation (vmx or svm in /proc/cpuinfo), the command
+#   runs here, directly.
+# - Otherwise (a PVM host, say, whose /dev/kvm cannot run a stock kernel) it runs inside a QEMU
+#   TCG guest ("L1") whose emulated AMD CPU has SVM: Debian's own kvm-amd module gives that guest
+#   a working /dev/kvm (nested paging off, shadow paging). L1 sees the host's whole file system
+#   read-only at the same paths, the current directory read-write, and a tmpfs on /tmp, /run and
+#   /dev/shm; the command runs there in a chroot, as root, from the current directory.
+#
+# What it needs comes from Debian's packages and is installed when missing: qemu-system-x86,
+# busybox-static, cpio. The kernel is the current Debian kernel package (the one
+# linux-image-amd64 depends on), downloaded with apt-get once into $VFD_KERNEL_CACHE (default
+# ~/.cache/virtio-fs-dax/kernel) and unpacked there; its path is exported to the command as
+# VFD_KERNEL_DIR (boot/vmlinuz-*, lib/modules/*), so the command can boot the same kernel as its
+# own guest ("L2").
+#
+# Settings (environment): VFD_WITH_KVM=direct|nested (default: detect), VFD_L1_MEM_MIB (3072),
+# VFD_L1_CPUS (2), VFD_L1_TIMEOUT seconds (900), VFD_L1_LOG (a log of L1's console; default a
+# temporary file, printed when L1 fails).
+set -euo pipefail
+
+[ "${1:-}" = "--" ] && shift
+if [ $# -eq 0 ]; then
+    echo "usage: $0 [--] COMMAND [ARG...]" >&2
+    exit 2
+fi
+
+need_pkgs=()
+command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+[ -x /bin/busybox ] || need_pkgs+=(busybox-static)
+command -v cpio >/dev/null || need_pkgs+=(cpio)
+
+# The kernel: the package linux-image-amd64 depends on now, unpacked once into the cache.
+kernel_dir() {
+    local cache=${VFD_KERNEL_CACHE:-$HOME/.cache/virtio-fs-dax/kernel}
+    local pkg
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+    if [ -z "$pkg" ]; then
+        apt-get update -qq >&2
+        pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+    fi
+    [ -n "$pkg" ] || { echo "with-kvm: cannot resolve linux-image-amd64's kernel package" >&2; return 1; }
+    local dir=$cache/$pkg
+    if [ ! -d "$dir/boot" ]; then
+        mkdir -p "$cache"
+        local tmp
+        tmp=$(mktemp -d "$cache/.dl.XXXXXX")
+        # As root, apt warns that it downloads unsandboxed into a directory _apt cannot read.
+        (cd "$tmp" && apt-get download -qq "$pkg" 2>&1 | grep -v 'unsandboxed' || true) >&2
+        ls "$tmp"/"$pkg"_*.deb >/dev/null 2>&1 || { echo "with-kvm: downloading $pkg failed" >&2; return 1; }
+        dpkg -x "$tmp"/"$pkg"_*.deb "$tmp/x"
+        rm -rf "$dir"
+        mv "$tmp/x" "$dir"
+        rm -rf "$tmp"
+    fi
+    echo "$dir"
+}
+
+mode=${VFD_WITH_KVM:-}
+if [ -z "$mode" ]; then
+    if [ -c /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+        mode=direct
+    else
+        mode=nested
+    fi
+fi
+
+if [ "$mode" = direct ]; then
+    VFD_KERNEL_DIR=$(kernel_dir)
+    export VFD_KERNEL_DIR
+    exec "$@"
+fi
+
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    echo "with-kvm: installing ${need_pkgs[*]}" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
+fi
+kdir=$(kernel_dir)
+vmlinuz=$(find "$kdir/boot" -name 'vmlinuz-*' | head -n1)
+moddir=$(find "$kdir/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)
+
+work=$(mktemp -d /tmp/with-kvm.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+root=$work/root
+mkdir -p "$root"/{bin,dev,proc,sys,host,mods}
+cp /bin/busybox "$root/bin/busybox"
+
+# KVM, then the 9p file system over virtio for the host's files, in dependency order.
+modules=(irqbypass ccp kvm kvm-amd netfs fscache 9pnet virtio_ring virtio virtio_pci_modern_dev
+    virtio_pci_legacy_dev virtio_pci 9pnet_virtio 9p)
+: >"$root/mods/order"
+for m in "${modules[@]}"; do
+    f=$(find "$moddir/kernel" -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" | head -n1)
+    if [ -z "$f" ]; then
+        # Built into this kernel: nothing to load.
+        grep -qE "/$m\.ko" "$moddir/modules.builtin" 2>/dev/null && continue
+        echo "with-kvm: module $m not found in $moddir" >&2
+        exit 1
+    fi
+    case "$f" in
+    *.xz) xz -dc "$f" >"$root/mods/$m.ko" ;;
+    *.zst) zstd -qdc "$f" >"$root/mods/$m.ko" ;;
+    *) cp "$f" "$root/mods/$m.ko" ;;
+    esac
+    echo "$m" >>"$root/mods/order"
+done
+
+# The command, quoted for the shell in L1, run from the current directory with the kernel's
+# path exported.
+cwd=$(pwd -P)
+{
+    printf 'export VFD_KERNEL_DIR=%q\n' "$kdir"
+    printf 'export HOME=%q PATH=%q\n' "${HOME:-/root}" "$PATH"
+    printf 'cd %q || exit 125\n' "$cwd"
+    printf 'exec'
+    printf ' %q' "$@"
+    printf '\n'
+} >"$root/cmd"
+
+cat >"$root/init" <<EOF
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in \$(cat /mods/order); do
+    insmod /mods/\$m.ko || echo "with-kvm: insmod \$m failed"
+done
+o=trans=virtio,version=9p2000.L,msize=524288
+mount -t 9p -o \$o,ro hostroot /host || echo "with-kvm: mounting the host failed"
+mount --bind /dev /host/dev
+mount --bind /proc /host/proc
+mount --bind /sys /host/sys
+for d in /run /dev/shm /tmp; do mkdir -p /host\$d; mount -t tmpfs tmpfs /host\$d; done
+mkdir -p /host$(printf '%q' "$cwd")
+mount -t 9p -o \$o work /host$(printf '%q' "$cwd") || echo "with-kvm: mounting the work dir failed"
+cp /cmd /host/run/with-kvm-cmd
+[ -c /dev/kvm ] || echo "with-kvm: no /dev/kvm in L1"
+chroot /host /bin/bash /run/with-kvm-cmd
+echo "with-kvm: exit \$?"
+sync
+poweroff -f
+EOF
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/l1.img"
+
+log=${VFD_L1_LOG:-$work/l1.log}
+status=0
+timeout "${VFD_L1_TIMEOUT:-900}" qemu-system-x86_64 \
+    -accel tcg,thread=multi -cpu qemu64,+svm -smp "${VFD_L1_CPUS:-2}" -m "${VFD_L1_MEM_MIB:-3072}" \
+    -nographic -no-reboot -nodefaults -serial stdio \
+    -kernel "$vmlinuz" -initrd "$work/l1.img" -append "console=ttyS0 panic=-1 quiet" \
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$cwd,mount_tag=work,security_model=none,multidevs=remap" \
+    </dev/null 2>&1 | tee "$log" | sed -u -n '/^with-kvm: exit /!p' || status=$?
+
+code=$(sed -n 's/^with-kvm: exit \([0-9]*\).*/\1/p' "$log" | tail -n1 | tr -d '\r')
+if [ -z "$code" ]; then
+    echo "with-kvm: L1 ended without the command's status (qemu/timeout status $status); its console:" >&2
+    tail -n 50 "$log" >&2
+    exit 1
+fi
+exit "$code"
