@@ -13,7 +13,8 @@
 #   TCG guest ("L1") whose emulated AMD CPU has SVM: Debian's own kvm-amd module gives that guest
 #   a working /dev/kvm (nested paging off, shadow paging). L1 sees the host's whole file system
 #   read-only at the same paths, the current directory read-write, and a tmpfs on /tmp, /run and
-#   /dev/shm; the command runs there in a chroot, as root, from the current directory.
+#   /dev/shm; the command runs there in a chroot, as root, from the current directory, with the
+#   variables VFD_*, DAX_*, VIRTIOFSD, RUST_LOG, RUST_BACKTRACE and CI of the caller.
 #
 # What it needs comes from Debian's packages and is installed when missing: qemu-system-x86,
 # busybox-static, cpio. The kernel is the current Debian kernel package (the one
@@ -120,6 +121,14 @@ cwd=$(pwd -P)
 {
     printf 'export VFD_KERNEL_DIR=%q\n' "$kdir"
     printf 'export HOME=%q PATH=%q\n' "${HOME:-/root}" "$PATH"
+    # The project's own settings cross into L1 too.
+    while IFS='=' read -r name _; do
+        case "$name" in
+        VFD_* | DAX_* | VIRTIOFSD | RUST_LOG | RUST_BACKTRACE | CI)
+            printf 'export %s=%q\n' "$name" "${!name}"
+            ;;
+        esac
+    done < <(env)
     printf 'cd %q || exit 125\n' "$cwd"
     printf 'exec'
     printf ' %q' "$@"

@@ -3,7 +3,8 @@
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 #
 # Boots the Debian kernel in $VFD_KERNEL_DIR with dax-vmm and a busybox initramfs whose init
-# checks that it runs and reports its status through the VMM's exit port. Run it where /dev/kvm
+# checks what it found (ACPI tables among them) and powers off through ACPI when all is well, or
+# reports the failure through the VMM's exit port; the VMM's status is the guest's verdict. Run it where /dev/kvm
 # boots Linux: `bash scripts/with-kvm.sh bash vmm/scripts/boot-smoke.sh` from the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,13 +25,23 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 status=0
 echo "guest: Linux $(uname -r) up, $(grep -c ^processor /proc/cpuinfo) CPU(s), $(awk '/MemTotal/ {print $2}' /proc/meminfo) kB"
+for t in DSDT FACP APIC; do
+    [ -e /sys/firmware/acpi/tables/$t ] || { echo "guest: no ACPI $t table"; status=1; }
+done
 [ -e /dev/port ] || { echo "guest: no /dev/port"; status=1; }
-echo "guest: done, status $status"
-printf "\\$(printf %o "$status")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
-echo "guest: the exit port did not end the VM"
-sleep 1000
+report() { printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null; }
+if [ "$status" != 0 ]; then
+    echo "guest: checks failed"
+    report "$status"
+fi
+# Every check passed: power off through ACPI, which ends the VMM with status 0.
+echo "guest: checks passed, powering off"
+poweroff -f
+sleep 5
+echo "guest: ACPI power-off did not end the VM"
+report 3
 INIT
 chmod +x "$work/root/init"
 (cd "$work/root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.img"
 timeout "${VFD_BOOT_TIMEOUT:-300}" "$vmm" --kernel "$vmlinuz" --initrd "$work/initrd.img" \
-    --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet" --mem-mib 256
+    --cmdline "${VFD_GUEST_CMDLINE:-console=ttyS0 reboot=k panic=-1 pci=off quiet}" --mem-mib 256

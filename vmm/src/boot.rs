@@ -61,6 +61,7 @@ pub fn load(
     initrd: Option<&[u8]>,
     cmdline: &str,
     mem_size: u64,
+    rsdp: u64,
 ) -> Result<GuestAddress> {
     let loaded = BzImage::load(mem, None, kernel, Some(GuestAddress(HIMEM)))
         .context("loading the bzImage")?;
@@ -92,6 +93,8 @@ pub fn load(
         params.hdr.ramdisk_image = at as u32;
         params.hdr.ramdisk_size = initrd.len() as u32;
     }
+
+    params.acpi_rsdp_addr = rsdp;
 
     let e820 = [(0, EBDA), (HIMEM, mem_size - HIMEM)];
     for (i, &(addr, size)) in e820.iter().enumerate() {
@@ -144,9 +147,16 @@ pub fn setup_vcpu(
     mem: &GuestMemoryMmap,
     entry: GuestAddress,
 ) -> Result<()> {
-    let cpuid = kvm
+    let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .context("KVM_GET_SUPPORTED_CPUID")?;
+    for e in cpuid.as_mut_slice() {
+        // The hypervisor bit: without it Linux does not look for KVM's leaves, so no kvm-clock,
+        // and a hardware-reduced ACPI platform (no PIT timer) has no clock to tick with.
+        if e.function == 1 {
+            e.ecx |= 1 << 31;
+        }
+    }
     vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
 
     let fpu = kvm_fpu {

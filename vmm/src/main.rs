@@ -4,14 +4,16 @@
 //! `dax-vmm`: the reference VMM of virtio-fs-dax, built on the rust-vmm crates.
 //!
 //! This first step boots a Linux bzImage with an initramfs and a command line on KVM: guest RAM
-//! of a given size, one vCPU, an 8250 serial console on stdout (vm-superio), and an exit port the
-//! guest writes its status to (`0xf4`, one byte, as QEMU's isa-debug-exit), which ends the
-//! process with that status. virtio-fs devices come next.
+//! of a given size, one vCPU, ACPI tables (RSDP, XSDT, hardware-reduced FADT, MADT, DSDT), an
+//! 8250 serial console on stdout (vm-superio), and an exit port the guest writes its status to
+//! (`0xf4`, one byte, as QEMU's isa-debug-exit), which ends the process with that status. A guest
+//! that powers off (ACPI S5) ends it with status 0. virtio-fs devices come next.
 //!
 //! ```text
 //! dax-vmm --kernel bzImage --initrd initrd.img [--cmdline "..."] [--mem-mib 512]
 //! ```
 
+mod acpi;
 mod boot;
 
 use std::fs::File;
@@ -31,6 +33,9 @@ const COM1: u16 = 0x3f8;
 const COM1_GSI: u32 = 4;
 /// The exit port: the guest writes its status byte here.
 const EXIT_PORT: u16 = 0xf4;
+/// The i8042 command port, and the command that resets the machine (Linux's `reboot=k`).
+const I8042_COMMAND: u16 = 0x64;
+const I8042_RESET: u8 = 0xfe;
 
 struct Args {
     kernel: String,
@@ -105,12 +110,14 @@ fn run(args: Args) -> Result<u8> {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {p}"))?),
         None => None,
     };
+    let rsdp = acpi::write_tables(&mem, 1, &[])?;
     let entry = boot::load(
         &mem,
         &mut kernel,
         initrd.as_deref(),
         &args.cmdline,
         mem_size,
+        rsdp,
     )?;
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).context("eventfd")?;
@@ -130,6 +137,16 @@ fn run(args: Args) -> Result<u8> {
                 EXIT_PORT => {
                     let _ = io::stdout().flush();
                     return Ok(data.first().copied().unwrap_or(1));
+                }
+                acpi::SLEEP_CONTROL_PORT
+                    if data.first().is_some_and(|&v| v & acpi::SLP_EN != 0) =>
+                {
+                    // The guest powered off (ACPI S5) without a status: a clean end.
+                    let _ = io::stdout().flush();
+                    return Ok(0);
+                }
+                I8042_COMMAND if data.first() == Some(&I8042_RESET) => {
+                    bail!("the guest reset itself without writing its status")
                 }
                 p if (COM1..COM1 + 8).contains(&p) => {
                     if let Some(&b) = data.first() {
