@@ -37,6 +37,26 @@ fn bytes(t: &dyn Aml) -> Vec<u8> {
     v
 }
 
+/// The DSDT's description of a virtio-mmio device (`LNRO0005`): its register page and its
+/// edge-triggered interrupt.
+pub fn virtio_mmio_device(index: usize, base: u64, len: u64, gsi: u32) -> Vec<u8> {
+    let hid: &'static str = "LNRO0005";
+    let uid = index;
+    let mmio = aml::Memory32Fixed::new(true, base as u32, len as u32);
+    let irq = aml::Interrupt::new(true, true, false, false, gsi);
+    let crs = aml::ResourceTemplate::new(vec![&mmio, &irq]);
+    let (hid, uid, crs) = (
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_UID".into(), &uid),
+        aml::Name::new("_CRS".into(), &crs),
+    );
+    let name = format!("_SB_.VR{index:02X}");
+    bytes(&aml::Device::new(
+        name.as_str().into(),
+        vec![&hid, &uid, &crs],
+    ))
+}
+
 /// Writes the tables for `cpus` vCPUs, with `devices` (AML of the DSDT's devices) after the
 /// RSDP, and returns the RSDP's address.
 pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, devices: &[u8]) -> Result<u64> {

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Copyright 2026 The virtio-fs-dax Authors
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+#
+# A real Linux guest mounts a virtio-fs tag with `-o dax=always` through dax-vmm (virtio-mmio)
+# and the dax-backend process, reads every file of a sample tree through the DAX window and
+# checks its sha256 against the host's, and writes a file back. Run it where /dev/kvm boots
+# Linux: `bash scripts/with-kvm.sh bash vmm/scripts/dax-smoke.sh` from the repository.
+#   DIALECT=standard|legacy (default standard)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+vmm=${DAX_VMM:-vmm/target/release/dax-vmm}
+backend=${DAX_BACKEND:-peers/dax-backend/target/release/dax-backend}
+for b in "$vmm" "$backend"; do
+    [ -x "$b" ] || { echo "dax-smoke: $b is not built" >&2; exit 2; }
+done
+kdir=${VFD_KERNEL_DIR:?run through scripts/with-kvm.sh, which sets VFD_KERNEL_DIR}
+vmlinuz=$(find "$kdir/boot" -name 'vmlinuz-*' | head -n1)
+moddir=$(find "$kdir/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)
+dialect=${DIALECT:-standard}
+
+work=$(mktemp -d)
+cleanup() {
+    [ -n "${bpid:-}" ] && kill "$bpid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The sample tree, on a tmpfs (files a DAX backend maps must not live on 9p).
+shared=$work/shared
+mkdir -p "$shared/sub"
+head -c 3000 /dev/urandom >"$shared/small"
+head -c $((5 << 20)) /dev/urandom >"$shared/sub/five-mib"
+printf 'hello from the host\n' >"$shared/hello"
+
+# The guest's initramfs: busybox, the virtio-mmio and virtiofs modules, and the checks.
+root=$work/root
+mkdir -p "$root"/{bin,dev,proc,sys,mnt,mods}
+cp /bin/busybox "$root/bin/busybox"
+: >"$root/mods/order"
+for m in virtio_ring virtio virtio_mmio fuse virtiofs; do
+    f=$(find "$moddir/kernel" -name "$m.ko" | head -n1)
+    [ -n "$f" ] || { echo "dax-smoke: module $m not in $moddir" >&2; exit 1; }
+    cp "$f" "$root/mods/$m.ko"
+    echo "$m" >>"$root/mods/order"
+done
+(cd "$shared" && find . -type f | sort | xargs sha256sum) >"$root/expected"
+cat >"$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+report() { printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null; sleep 5; }
+fail() { echo "guest: FAIL: $*"; report 1; }
+for m in $(cat /mods/order); do insmod /mods/$m.ko || fail "insmod $m"; done
+dmesg | grep -i "virtio_fs\|virtiofs\|Cache len\|cache capability" | sed 's/^/guest: dmesg: /'
+dmesg | grep -q "Cache len" || fail "the guest found no DAX window"
+mount -t virtiofs myfs /mnt -o dax=always || fail "mount -o dax=always"
+grep " /mnt " /proc/mounts | sed 's/^/guest: mount: /'
+grep " /mnt " /proc/mounts | grep -q "dax=always" || fail "/proc/mounts has no dax=always"
+(cd /mnt && sha256sum -c /expected) | sed 's/^/guest: /'
+(cd /mnt && sha256sum -c -s /expected) || fail "a file read through DAX differs from the host's"
+echo "written by the guest" >/mnt/from-guest || fail "write"
+sync
+umount /mnt || fail "umount"
+echo "guest: every check passed"
+report 0
+INIT
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.img"
+
+extra=()
+[ "$dialect" = legacy ] && extra=(--legacy)
+"$backend" --socket-path "$work/dax.sock" --shared-dir "$shared" "${extra[@]}" 2>"$work/backend.log" &
+bpid=$!
+for _ in $(seq 100); do [ -S "$work/dax.sock" ] && break; sleep 0.1; done
+
+status=0
+timeout "${VFD_BOOT_TIMEOUT:-300}" "$vmm" --kernel "$vmlinuz" --initrd "$work/initrd.img" \
+    --cmdline "${VFD_GUEST_CMDLINE:-console=ttyS0 reboot=k panic=-1 pci=off quiet}" --mem-mib 512 \
+    --fs "tag=myfs,socket=$work/dax.sock,window=64M,dialect=$dialect" || status=$?
+if [ "$status" = 0 ] && [ "$(cat "$shared/from-guest" 2>/dev/null)" != "written by the guest" ]; then
+    echo "dax-smoke: the guest's write did not reach the host" >&2
+    status=1
+fi
+[ "$status" = 0 ] || { echo "dax-smoke: backend log:" >&2; tail -20 "$work/backend.log" >&2; }
+exit "$status"

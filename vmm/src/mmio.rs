@@ -1,0 +1,275 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A virtio-mmio (version 2) transport around the crate's `Fs`: the registers, the crate's SHM
+//! registers for the DAX window, kicks through ioeventfds and interrupts through irqfds.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use virtio_fs_dax::device::{ActivateQueue, VirtioDevice, VirtioInterrupt, VirtioInterruptType};
+use virtio_fs_dax::transport::MmioShmRegs;
+use virtio_fs_dax::Fs;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Size of the register page.
+pub const MMIO_LEN: u64 = 0x1000;
+
+const MAGIC: u32 = 0x7472_6976;
+const STATUS_FEATURES_OK: u32 = 0x8;
+const STATUS_DRIVER_OK: u32 = 0x4;
+const STATUS_NEEDS_RESET: u32 = 0x40;
+const INT_VRING: u32 = 1;
+
+/// The device's interrupt: one irqfd on its GSI. Used-buffer interrupts come straight from the
+/// backend (its call eventfds are irqfds on the same GSI); the interrupt status always reads
+/// "used buffer", so the driver looks at its queues on every interrupt.
+struct Irq(EventFd);
+
+impl VirtioInterrupt for Irq {
+    fn trigger(&self, _: VirtioInterruptType) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct QueueRegs {
+    size: u16,
+    ready: bool,
+    desc: u64,
+    avail: u64,
+    used: u64,
+}
+
+/// What the transport counts for the VMM's report.
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Register accesses outside the page or to unknown registers.
+    pub bad_accesses: u64,
+    /// Activations that failed.
+    pub failed_activations: u64,
+}
+
+/// A virtio-fs device on virtio-mmio.
+pub struct MmioFs {
+    base: u64,
+    fs: Fs,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    irq: Arc<Irq>,
+    kicks: Vec<EventFd>,
+    calls: Vec<EventFd>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    queues: Vec<QueueRegs>,
+    status: u32,
+    shm: MmioShmRegs,
+    /// Counters for the report.
+    pub counters: Counters,
+}
+
+impl MmioFs {
+    /// Wires `fs` at `base` with interrupt `gsi`: one ioeventfd a queue at QueueNotify, and
+    /// irqfds for the device's interrupt and every queue's call eventfd.
+    pub fn new(
+        vm: &VmFd,
+        base: u64,
+        gsi: u32,
+        fs: Fs,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    ) -> Result<MmioFs> {
+        let n = fs.queue_max_sizes().len();
+        let irq = EventFd::new(EFD_NONBLOCK).context("eventfd")?;
+        vm.register_irqfd(&irq, gsi).context("KVM_IRQFD")?;
+        let mut kicks = Vec::new();
+        let mut calls = Vec::new();
+        for i in 0..n {
+            let kick = EventFd::new(EFD_NONBLOCK).context("eventfd")?;
+            vm.register_ioevent(&kick, &IoEventAddress::Mmio(base + 0x50), i as u32)
+                .context("KVM_IOEVENTFD")?;
+            let call = EventFd::new(EFD_NONBLOCK).context("eventfd")?;
+            vm.register_irqfd(&call, gsi).context("KVM_IRQFD")?;
+            kicks.push(kick);
+            calls.push(call);
+        }
+        let shm = MmioShmRegs::with_regions(
+            fs.shm_regions()
+                .iter()
+                .filter_map(|r| r.gpa.map(|gpa| (r.id, gpa, r.len))),
+        );
+        Ok(MmioFs {
+            base,
+            fs,
+            mem,
+            irq: Arc::new(Irq(irq)),
+            kicks,
+            calls,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            queues: vec![QueueRegs::default(); n],
+            status: 0,
+            shm,
+            counters: Counters::default(),
+        })
+    }
+
+    /// Whether `addr` is in this device's register page.
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.base && addr < self.base + MMIO_LEN
+    }
+
+    /// The device.
+    pub fn fs(&mut self) -> &mut Fs {
+        &mut self.fs
+    }
+
+    fn queue(&mut self) -> Option<&mut QueueRegs> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// A guest read at `addr`.
+    pub fn read(&mut self, addr: u64, data: &mut [u8]) {
+        let off = addr - self.base;
+        if off >= 0x100 {
+            self.fs.read_config(off - 0x100, data);
+            return;
+        }
+        let v: u32 = match off {
+            0x000 => MAGIC,
+            0x004 => 2,
+            0x008 => self.fs.device_type(),
+            0x00c => 0x4d56_4144, // "DAVM"
+            0x010 => {
+                let f = self.fs.features();
+                match self.device_features_sel {
+                    0 => f as u32,
+                    1 => (f >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            0x034 => {
+                let max = self
+                    .fs
+                    .queue_max_sizes()
+                    .get(self.queue_sel as usize)
+                    .copied();
+                u32::from(max.unwrap_or(0))
+            }
+            0x044 => u32::from(self.queue().is_some_and(|q| q.ready)),
+            0x060 => INT_VRING,
+            0x070 => self.status,
+            0x0fc => 0,
+            o => match self.shm.read(o) {
+                Some(v) => v,
+                None => {
+                    self.counters.bad_accesses += 1;
+                    0
+                }
+            },
+        };
+        let bytes = v.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&bytes[..n]);
+    }
+
+    /// A guest write at `addr`.
+    pub fn write(&mut self, addr: u64, data: &[u8]) {
+        let off = addr - self.base;
+        if off >= 0x100 {
+            self.fs.write_config(off - 0x100, data);
+            return;
+        }
+        let mut b = [0u8; 4];
+        let n = data.len().min(4);
+        b[..n].copy_from_slice(&data[..n]);
+        let v = u32::from_le_bytes(b);
+        let set_lo = |x: &mut u64| *x = (*x & !0xffff_ffff) | u64::from(v);
+        let set_hi = |x: &mut u64| *x = (*x & 0xffff_ffff) | (u64::from(v) << 32);
+        match off {
+            0x014 => self.device_features_sel = v,
+            0x020 => match self.driver_features_sel {
+                0 => set_lo(&mut self.driver_features),
+                1 => set_hi(&mut self.driver_features),
+                _ => {}
+            },
+            0x024 => self.driver_features_sel = v,
+            0x030 => self.queue_sel = v,
+            0x038 => {
+                if let Some(q) = self.queue() {
+                    q.size = v as u16;
+                }
+            }
+            0x044 => {
+                if let Some(q) = self.queue() {
+                    q.ready = v == 1;
+                }
+            }
+            0x064 => {} // interrupt ACK: the status always says "used buffer"
+            0x070 => self.set_status(v),
+            0x080 => self.queue().map_or((), |q| set_lo(&mut q.desc)),
+            0x084 => self.queue().map_or((), |q| set_hi(&mut q.desc)),
+            0x090 => self.queue().map_or((), |q| set_lo(&mut q.avail)),
+            0x094 => self.queue().map_or((), |q| set_hi(&mut q.avail)),
+            0x0a0 => self.queue().map_or((), |q| set_lo(&mut q.used)),
+            0x0a4 => self.queue().map_or((), |q| set_hi(&mut q.used)),
+            o => {
+                if !self.shm.write(o, v) {
+                    self.counters.bad_accesses += 1;
+                }
+            }
+        }
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.fs.reset();
+            self.status = 0;
+            self.driver_features = 0;
+            self.queues
+                .iter_mut()
+                .for_each(|q| *q = QueueRegs::default());
+            return;
+        }
+        let newly = v & !self.status;
+        self.status = v;
+        if newly & STATUS_FEATURES_OK != 0 {
+            self.fs.ack_features(self.driver_features);
+        }
+        if newly & STATUS_DRIVER_OK != 0 {
+            if let Err(e) = self.activate() {
+                eprintln!("dax-vmm: activating the virtio-fs device: {e:#}");
+                self.counters.failed_activations += 1;
+                self.status |= STATUS_NEEDS_RESET;
+            }
+        }
+    }
+
+    fn activate(&mut self) -> Result<()> {
+        let max = self.fs.queue_max_sizes().to_vec();
+        let mut queues = Vec::new();
+        for (index, r) in self.queues.iter().enumerate() {
+            let mut q = Queue::new(max[index]).context("queue")?;
+            q.set_size(r.size);
+            q.set_desc_table_address(Some(r.desc as u32), Some((r.desc >> 32) as u32));
+            q.set_avail_ring_address(Some(r.avail as u32), Some((r.avail >> 32) as u32));
+            q.set_used_ring_address(Some(r.used as u32), Some((r.used >> 32) as u32));
+            q.set_ready(r.ready);
+            queues.push(ActivateQueue {
+                index,
+                queue: q,
+                kick: self.kicks[index].try_clone().context("eventfd")?,
+                call: self.calls[index].try_clone().context("eventfd")?,
+            });
+        }
+        self.fs
+            .activate(self.mem.clone(), self.irq.clone(), queues)
+            .context("Fs::activate")?;
+        Ok(())
+    }
+}
