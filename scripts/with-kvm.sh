@@ -141,6 +141,10 @@ cat >"$root/init" <<EOF
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+ln -s /proc/self/fd /dev/fd
+ln -s /proc/self/fd/0 /dev/stdin
+ln -s /proc/self/fd/1 /dev/stdout
+ln -s /proc/self/fd/2 /dev/stderr
 for m in \$(cat /mods/order); do
     insmod /mods/\$m.ko || echo "with-kvm: insmod \$m failed"
 done

@@ -4,7 +4,9 @@
 #
 # A real Linux guest mounts a virtio-fs tag with `-o dax=always` through dax-vmm (virtio-mmio)
 # and the dax-backend process, reads every file of a sample tree through the DAX window and
-# checks its sha256 against the host's, and writes a file back. Run it where /dev/kvm boots
+# checks its sha256 against the host's (one file is larger than the window, so the guest's
+# range reclaim runs), writes into a range it first mapped read-only (the guest's writable
+# upgrade) and creates a file; the host checks both writes and the VMM's counters. Run it where /dev/kvm boots
 # Linux: `bash scripts/with-kvm.sh bash vmm/scripts/dax-smoke.sh` from the repository.
 #   DIALECT=standard|legacy (default standard)
 set -euo pipefail
@@ -31,7 +33,10 @@ shared=$work/shared
 mkdir -p "$shared/sub"
 head -c 3000 /dev/urandom >"$shared/small"
 head -c $((5 << 20)) /dev/urandom >"$shared/sub/five-mib"
+# Larger than the 32 MiB window: the guest must give ranges back to read it all.
+head -c $((48 << 20)) /dev/urandom >"$shared/sub/larger-than-window"
 printf 'hello from the host\n' >"$shared/hello"
+head -c 8192 /dev/zero | tr '\0' a >"$shared/patch"
 
 # The guest's initramfs: busybox, the virtio-mmio and virtiofs modules, and the checks.
 root=$work/root
@@ -61,6 +66,8 @@ grep " /mnt " /proc/mounts | sed 's/^/guest: mount: /'
 grep " /mnt " /proc/mounts | grep -q "dax=always" || fail "/proc/mounts has no dax=always"
 (cd /mnt && sha256sum -c /expected) | sed 's/^/guest: /'
 (cd /mnt && sha256sum -c -s /expected) || fail "a file read through DAX differs from the host's"
+# The patch file was mapped read-only by the read above; writing into it upgrades the range.
+printf GUEST | dd of=/mnt/patch bs=1 seek=4096 conv=notrunc 2>/dev/null || fail "write into a mapped file"
 echo "written by the guest" >/mnt/from-guest || fail "write"
 sync
 umount /mnt || fail "umount"
@@ -79,10 +86,31 @@ for _ in $(seq 100); do [ -S "$work/dax.sock" ] && break; sleep 0.1; done
 status=0
 timeout "${VFD_BOOT_TIMEOUT:-300}" "$vmm" --kernel "$vmlinuz" --initrd "$work/initrd.img" \
     --cmdline "${VFD_GUEST_CMDLINE:-console=ttyS0 reboot=k panic=-1 pci=off quiet}" --mem-mib 512 \
-    --fs "tag=myfs,socket=$work/dax.sock,window=64M,dialect=$dialect" || status=$?
-if [ "$status" = 0 ] && [ "$(cat "$shared/from-guest" 2>/dev/null)" != "written by the guest" ]; then
-    echo "dax-smoke: the guest's write did not reach the host" >&2
-    status=1
+    --fs "tag=myfs,socket=$work/dax.sock,window=32M,dialect=$dialect" 2>"$work/vmm.err" ||
+    status=$?
+cat "$work/vmm.err" >&2
+if [ "$status" = 0 ]; then
+    if [ "$(cat "$shared/from-guest" 2>/dev/null)" != "written by the guest" ]; then
+        echo "dax-smoke: the guest's new file did not reach the host" >&2
+        status=1
+    fi
+    if [ "$(dd if="$shared/patch" bs=1 skip=4096 count=5 2>/dev/null)" != GUEST ]; then
+        echo "dax-smoke: the guest's write into a mapped file did not reach the host" >&2
+        status=1
+    fi
+    # 48 MiB through a 32 MiB window in 2 MiB ranges: more maps than the window holds, and
+    # unmaps to make room.
+    counters=$(grep -o 'maps [0-9]*, unmaps [0-9]*' "$work/vmm.err" | head -n1)
+    maps=$(echo "$counters" | awk '{print $2}' | tr -d ,)
+    unmaps=$(echo "$counters" | awk '{print $4}')
+    if [ -z "$maps" ] || [ "$maps" -le 16 ] || [ "$unmaps" -lt 1 ]; then
+        echo "dax-smoke: no reclaim seen in the VMM's counters ($counters)" >&2
+        status=1
+    fi
+    grep -q "refusals 0, bad register accesses 0, failed activations 0" "$work/vmm.err" || {
+        echo "dax-smoke: refusals or bad accesses in the VMM's counters" >&2
+        status=1
+    }
 fi
 [ "$status" = 0 ] || { echo "dax-smoke: backend log:" >&2; tail -20 "$work/backend.log" >&2; }
 exit "$status"
