@@ -62,7 +62,8 @@ step "real guest: dax-vmm boots Linux, which mounts with dax=always (KVM directl
 # One L1 boot for all of it where the route is nested: the KVM check, a plain boot, and the DAX
 # mount against the dax-backend process in both dialects.
 bash scripts/with-kvm.sh bash -c 'python3 scripts/kvm-check.py && bash vmm/scripts/boot-smoke.sh &&
-    bash vmm/scripts/dax-smoke.sh && DIALECT=legacy bash vmm/scripts/dax-smoke.sh'
+    bash vmm/scripts/dax-smoke.sh && VFD_DIALECT=legacy bash vmm/scripts/dax-smoke.sh &&
+    VFD_BACKEND=virtiofsd bash vmm/scripts/dax-smoke.sh'
 
 step "miri (the decoder and the range bookkeeping)"
 # The pure modules under Miri: the decoder (src/protocol, bodies at every alignment) and
