@@ -550,10 +550,13 @@ impl Fs {
     }
 
     /// Ends the live session, if any, without `RESET_DEVICE`: its channel thread is stopped
-    /// and joined (bounded) and then the window's generation ends, all its mappings dropped.
+    /// and joined (bounded) and then the window's generation ends, all its mappings dropped
+    /// (the session's drop does both; with no session, the mappings still go).
     fn end_session(&mut self) {
-        drop(self.session.take());
-        self.drop_mappings();
+        match self.session.take() {
+            Some(session) => drop(session),
+            None => self.drop_mappings(),
+        }
     }
 
     /// Ends the window's generation: every mapping dropped, every lease taken before refused.

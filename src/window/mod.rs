@@ -255,9 +255,7 @@ pub struct DaxWindow {
 }
 
 fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(v).unwrap_or(4096)
+    reservation::page_size() as u64
 }
 
 /// Builder for [`DaxWindow`], for the settings beyond the size.
@@ -580,9 +578,14 @@ impl DaxWindow {
 
     fn unmap_all_as(&self, lease: Option<u64>) -> Result<()> {
         let mut inner = self.lock_for(lease)?;
+        self.drop_all(&mut inner)
+    }
+
+    /// Drops every mapping of a locked window, counted as one unmap.
+    fn drop_all(&self, inner: &mut Inner) -> Result<()> {
         let result = inner.clear_all(self.size);
         FsMetrics::add(&self.metrics.unmaps, 1);
-        self.update_gauges(&inner);
+        self.update_gauges(inner);
         result
     }
 
@@ -604,10 +607,7 @@ impl DaxWindow {
         }
         inner.generation += 1;
         self.generation.store(inner.generation, Ordering::Release);
-        let result = inner.clear_all(self.size);
-        FsMetrics::add(&self.metrics.unmaps, 1);
-        self.update_gauges(&inner);
-        result
+        self.drop_all(&mut inner)
     }
 
     /// The current generation: how many sessions ended ([`DaxWindow::reset`],

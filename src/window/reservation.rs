@@ -242,7 +242,8 @@ impl Drop for Ballast {
     }
 }
 
-fn page_size() -> usize {
+/// The host's page size.
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(v).unwrap_or(4096)
