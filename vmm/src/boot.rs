@@ -223,15 +223,14 @@ pub fn setup_vcpu(
     // LINT0: ExtINT (the PIC), LINT1: NMI.
     let mut lapic = vcpu.get_lapic().context("KVM_GET_LAPIC")?;
     for (reg, mode) in [(0x350usize, 7u32), (0x360, 4)] {
-        let bytes: [u8; 4] = lapic.regs[reg..reg + 4]
-            .iter()
-            .map(|&b| b as u8)
-            .collect::<Vec<_>>()
-            .try_into()
-            .unwrap_or([0; 4]);
-        let v = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
-        for (i, b) in v.to_le_bytes().iter().enumerate() {
-            lapic.regs[reg + i] = *b as _;
+        let regs = &mut lapic.regs[reg..reg + 4];
+        let mut v = [0u8; 4];
+        for (b, r) in v.iter_mut().zip(regs.iter()) {
+            *b = *r as u8;
+        }
+        let v = (u32::from_le_bytes(v) & !0x700) | (mode << 8);
+        for (r, b) in regs.iter_mut().zip(v.to_le_bytes()) {
+            *r = b as _;
         }
     }
     vcpu.set_lapic(&lapic).context("KVM_SET_LAPIC")?;

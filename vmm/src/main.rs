@@ -33,7 +33,6 @@ use virtio_fs_dax::device::VirtioDevice;
 use virtio_fs_dax::memory::{MemoryManager, WindowRegion};
 use virtio_fs_dax::{Dialect, Fs};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
-use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -368,7 +367,6 @@ fn run(args: Args) -> Result<u8> {
 }
 
 fn main() -> ExitCode {
-    let _ = NoEvents;
     match parse_args().and_then(run) {
         Ok(status) => ExitCode::from(status),
         Err(e) => {
