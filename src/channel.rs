@@ -614,13 +614,18 @@ impl BackendChannel {
         let Some(msg) = self.poll_message()? else {
             return Ok(None);
         };
+        let arrived = Instant::now();
         FsMetrics::add(&self.metrics.requests, 1);
         let request = msg.raw.request;
         let need_reply = msg.raw.flags & FLAG_NEED_REPLY != 0;
+        let mut is_map = false;
         let result = Header::parse(&msg.raw)
             .and_then(|h| decode_body(self.dialect, &h, &msg.body, msg.fds.count()))
             .map_err(RequestError::from)
-            .and_then(|req| self.execute(req, &msg.fds.kept));
+            .and_then(|req| {
+                is_map = matches!(req, Request::ShmemMap { .. } | Request::FsMap(_));
+                self.execute(req, &msg.fds.kept)
+            });
         // The body buffer goes back to the reader; descriptors are not needed past this point
         // (a mapping keeps its file alive by itself).
         let Message { body, fds, .. } = msg;
@@ -650,6 +655,9 @@ impl BackendChannel {
                 None => encode_reply(request, value as u64),
             };
             self.send_all(&bytes)?;
+        }
+        if is_map && value >= 0 {
+            self.metrics.map_latency().record(arrived.elapsed());
         }
         Ok(Some(Outcome {
             request,

@@ -131,6 +131,6 @@ pub mod window;
 pub use channel::{BackendChannel, BackendChannelBuilder, ChannelThread, Outcome, RequestError};
 pub use device::{Fs, FsBuilder, VirtioDevice};
 pub use io::IoSpace;
-pub use metrics::{FsMetrics, Refusal};
+pub use metrics::{FsMetrics, LatencyHistogram, Refusal};
 pub use protocol::Dialect;
 pub use window::{DaxWindow, DaxWindowBuilder, Policy, WindowLease};

@@ -14,11 +14,13 @@
 //! | `mapped_bytes` | bytes mapped in the window now (gauge) |
 //! | `requests` | messages received on the backend channel, refused ones included |
 //! | `refusals(reason)` | messages refused, by [`Refusal`] reason |
+//! | `map_latency()` | time from a map request's arrival to its reply ([`LatencyHistogram`]) |
 //!
 //! All counters use relaxed atomics: each is exact, but a reader may see one updated before
 //! another.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 /// Why a request was refused. Each reason has its own counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -92,6 +94,7 @@ pub struct FsMetrics {
     pub(crate) mapped_bytes: AtomicU64,
     pub(crate) requests: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
+    map_latency: LatencyHistogram,
 }
 
 impl FsMetrics {
@@ -136,6 +139,13 @@ impl FsMetrics {
     pub fn refusals(&self, reason: Refusal) -> u64 {
         self.refusals[reason as usize].load(Relaxed)
     }
+    /// How long map requests (SHMEM_MAP, FS_MAP) took from the moment the whole message was read
+    /// to the moment its reply was sent: the front-end's share of a guest's FUSE_SETUPMAPPING.
+    /// Refused maps are not recorded.
+    pub fn map_latency(&self) -> &LatencyHistogram {
+        &self.map_latency
+    }
+
     /// Refusals for every reason together.
     pub fn total_refusals(&self) -> u64 {
         self.refusals.iter().map(|c| c.load(Relaxed)).sum()
@@ -156,6 +166,82 @@ impl FsMetrics {
     }
 }
 
+/// Sub-buckets per power of two: a recorded value is known to within 1/8 (12.5%).
+const SUB_BUCKETS: u32 = 8;
+/// Buckets: values below `SUB_BUCKETS` ns exactly, then `SUB_BUCKETS` per power of two up to
+/// 2^64 ns.
+const BUCKETS: usize = ((64 - SUB_BUCKETS.trailing_zeros() + 1) * SUB_BUCKETS) as usize;
+
+/// A histogram of durations with log-linear buckets (eight per power of two, so any percentile
+/// is exact to within 12.5%), lock-free and of fixed size (about 4 KiB): cheap enough to record
+/// every request on the channel thread while the VMM reads it from another.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; BUCKETS],
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    fn bucket(ns: u64) -> usize {
+        if ns < u64::from(SUB_BUCKETS) {
+            return ns as usize;
+        }
+        let log = 63 - ns.leading_zeros();
+        let shift = log - SUB_BUCKETS.trailing_zeros();
+        let sub = (ns >> shift) as u32 & (SUB_BUCKETS - 1);
+        ((shift + 1) * SUB_BUCKETS + sub) as usize
+    }
+
+    /// The largest value a bucket holds.
+    fn upper(bucket: usize) -> u64 {
+        let b = bucket as u32;
+        if b < SUB_BUCKETS {
+            return u64::from(b);
+        }
+        let shift = b / SUB_BUCKETS - 1;
+        let base = u64::from(SUB_BUCKETS + b % SUB_BUCKETS) << shift;
+        base + ((1u64 << shift) - 1)
+    }
+
+    /// Records one duration.
+    pub fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets[Self::bucket(ns)].fetch_add(1, Relaxed);
+    }
+
+    /// How many durations were recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// The duration below which a fraction `q` (0.0 to 1.0) of the recorded ones fall, rounded up
+    /// to its bucket's upper bound; `None` when nothing was recorded.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        // The rank of the wanted value, 1-based: at least the first, at most the last.
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Duration::from_nanos(Self::upper(i)));
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +258,51 @@ mod tests {
         for (i, r) in Refusal::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
+    }
+
+    #[test]
+    fn every_value_falls_in_a_bucket_whose_bound_is_within_an_eighth() {
+        let mut prev_upper = None;
+        for b in 0..BUCKETS {
+            let up = LatencyHistogram::upper(b);
+            if let Some(p) = prev_upper {
+                assert_eq!(
+                    LatencyHistogram::bucket(p + 1),
+                    b,
+                    "first value of bucket {b}"
+                );
+            }
+            assert_eq!(LatencyHistogram::bucket(up), b, "last value of bucket {b}");
+            prev_upper = Some(up);
+        }
+        assert_eq!(prev_upper, Some(u64::MAX));
+        for ns in [1u64, 7, 8, 9, 100, 1_000, 12_345, 1 << 40, u64::MAX / 3] {
+            let up = LatencyHistogram::upper(LatencyHistogram::bucket(ns));
+            assert!(up >= ns && up - ns <= ns / 8, "{ns} -> {up}");
+        }
+    }
+
+    #[test]
+    fn quantiles_follow_the_recorded_values() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for us in 1..=100u64 {
+            h.record(Duration::from_micros(us));
+        }
+        h.record(Duration::from_secs(1));
+        assert_eq!(h.count(), 101);
+        let p50 = h.quantile(0.5).unwrap();
+        assert!(
+            p50 >= Duration::from_micros(51) && p50 <= Duration::from_micros(58),
+            "{p50:?}"
+        );
+        let p99 = h.quantile(0.99).unwrap();
+        assert!(
+            p99 >= Duration::from_micros(100) && p99 <= Duration::from_micros(113),
+            "{p99:?}"
+        );
+        let max = h.quantile(1.0).unwrap();
+        assert!(max >= Duration::from_secs(1) && max <= Duration::from_millis(1125));
+        assert!(h.quantile(0.0).unwrap() <= Duration::from_nanos(1125));
     }
 }

@@ -93,6 +93,14 @@ fn map_write_read_unmap_through_vhost_backend() {
         (1, 1, 2 * MIB)
     );
 
+    // The map's round trip was timed; a refused map is not.
+    assert_eq!(m.map_latency().count(), 1);
+    assert!(backend
+        .shmem_map(&mmap_msg(7 * MIB, 0, 2 * MIB, true), &file)
+        .is_err());
+    assert_eq!(m.map_latency().count(), 1);
+    assert!(m.map_latency().quantile(0.5).unwrap() > std::time::Duration::ZERO);
+
     // Unmap restores PROT_NONE, and the window has no hole.
     backend
         .shmem_unmap(&mmap_msg(2 * MIB, 0, 2 * MIB, false))
@@ -103,7 +111,7 @@ fn map_write_read_unmap_through_vhost_backend() {
     assert!(window.mappings().is_empty());
 
     drop(backend);
-    assert_eq!(server.join().unwrap(), 2);
+    assert_eq!(server.join().unwrap(), 3);
 }
 
 #[test]

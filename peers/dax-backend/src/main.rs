@@ -8,6 +8,7 @@
 
 mod legacy;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,7 +26,9 @@ use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::QueueOwnedT;
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap,
+};
 use vmm_sys_util::epoll::EventSet;
 
 /// Standard vhost-user protocol feature SHMEM (current spec): bit 22. vhost 0.16 names bit 21
@@ -54,6 +57,9 @@ struct CacheHandler {
     backend: Option<Backend>,
     /// Our own dup of the backend-channel socket (legacy dialect).
     legacy: Option<legacy::LegacyChannel>,
+    /// Ranges mapped through the standard dialect and not unmapped yet (offset -> length), so
+    /// that a FUSE_DESTROY can give them all back (SHMEM_UNMAP has no "whole window" form).
+    mapped: BTreeMap<u64, u64>,
 }
 
 impl CacheHandler {
@@ -107,10 +113,9 @@ impl FsCacheReqHandler for CacheHandler {
                         self.0
                     }
                 }
-                backend
-                    .shmem_map(&msg, &Fd(fd))
-                    .map(|_| ())
-                    .map_err(vhost_err)
+                backend.shmem_map(&msg, &Fd(fd)).map_err(vhost_err)?;
+                self.mapped.insert(moffset, len);
+                Ok(())
             }
             Dialect::Legacy => {
                 let ch = self.legacy.as_mut().ok_or_else(Self::no_channel)?;
@@ -141,6 +146,7 @@ impl FsCacheReqHandler for CacheHandler {
                         flags: 0,
                     };
                     backend.shmem_unmap(&msg).map_err(vhost_err)?;
+                    self.mapped.remove(&r.moffset);
                 }
                 Ok(())
             }
@@ -151,6 +157,35 @@ impl FsCacheReqHandler for CacheHandler {
                     ch.fs_unmap(chunk)?;
                 }
                 Ok(())
+            }
+        }
+    }
+}
+
+impl CacheHandler {
+    /// Gives back every range of the window, as virtiofsd did at FUSE_INIT and FUSE_DESTROY: the
+    /// Linux guest sends no REMOVEMAPPING for the ranges still mapped when it unmounts (it ends
+    /// the connection before it evicts the inodes), so without this they would stay mapped in the
+    /// front-end until the device resets.
+    fn unmap_everything(&mut self) -> io::Result<()> {
+        match self.dialect {
+            Dialect::Standard => {
+                let ranges: Vec<RemovemappingOne> = std::mem::take(&mut self.mapped)
+                    .into_iter()
+                    .map(|(moffset, len)| RemovemappingOne { moffset, len })
+                    .collect();
+                if ranges.is_empty() {
+                    return Ok(());
+                }
+                info!("giving back {} mapped range(s)", ranges.len());
+                self.unmap(ranges)
+            }
+            Dialect::Legacy => {
+                let Some(ch) = self.legacy.as_mut() else {
+                    return Ok(());
+                };
+                info!("giving back the whole window (FS_UNMAP len u64::MAX)");
+                ch.fs_unmap(&[(0, u64::MAX)])
             }
         }
     }
@@ -180,6 +215,8 @@ impl FsCacheReqHandler for FdCatcher {
 }
 
 const FUSE_READ: u32 = 15;
+const FUSE_INIT: u32 = 26;
+const FUSE_DESTROY: u32 = 38;
 const FUSE_IN_HEADER: usize = 40;
 const FUSE_OUT_HEADER: usize = 16;
 
@@ -217,6 +254,10 @@ impl FsBackend {
                 used_any = true;
                 continue;
             }
+            let opcode = descs
+                .first()
+                .filter(|d| !d.is_write_only() && d.len() >= 8)
+                .and_then(|d| mem.read_obj::<u32>(d.addr().checked_add(4)?).ok());
             let reader = Reader::from_descriptor_chain(&*mem, chain.clone())
                 .map_err(|e| io::Error::other(format!("reader: {e}")))?;
             let writer = VirtioFsWriter::new(&*mem, chain)
@@ -232,6 +273,15 @@ impl FsBackend {
                     0
                 }
             };
+            if matches!(opcode, Some(FUSE_INIT | FUSE_DESTROY)) {
+                // At INIT the ranges tracked belong to a previous driver, whose window the
+                // front-end reset: forget them (standard) or clear the window (legacy).
+                if opcode == Some(FUSE_INIT) && self.cache.dialect == Dialect::Standard {
+                    self.cache.mapped.clear();
+                } else if let Err(e) = self.cache.unmap_everything() {
+                    warn!("giving back the window: {e}");
+                }
+            }
             vring
                 .add_used(head, len as u32)
                 .map_err(|e| io::Error::other(format!("add_used: {e}")))?;
@@ -556,6 +606,7 @@ fn main() {
             dialect,
             backend: None,
             legacy: None,
+            mapped: BTreeMap::new(),
         },
         sock_snapshot: Mutex::new(Vec::new()),
     }));
