@@ -488,6 +488,12 @@ impl Fs {
         }
     }
 
+    /// The tag the guest mounts, as given to [`Fs::builder`].
+    pub fn tag(&self) -> &str {
+        // The builder took the tag from a `String`, so it is UTF-8.
+        std::str::from_utf8(self.config.tag()).unwrap_or_default()
+    }
+
     /// The device's counters (the window's included).
     pub fn metrics(&self) -> &Arc<FsMetrics> {
         &self.metrics
@@ -936,6 +942,18 @@ mod tests {
 
     fn builder() -> FsBuilder {
         Fs::builder("myfs").socket_path("/nonexistent/vfs.sock")
+    }
+
+    #[test]
+    fn tag_is_the_one_given() {
+        let fs = builder().build().unwrap();
+        assert_eq!(fs.tag(), "myfs");
+        let long = "é".repeat(18); // 36 bytes: the longest tag, multi-byte characters
+        let fs = Fs::builder(long.clone())
+            .socket_path("/nonexistent/vfs.sock")
+            .build()
+            .unwrap();
+        assert_eq!(fs.tag(), long);
     }
 
     #[test]
