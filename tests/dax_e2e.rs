@@ -292,7 +292,16 @@ fn reclaim(dialect: Dialect) {
     }
     let m = fs.metrics();
     assert_eq!(m.maps(), 8, "one SETUPMAPPING per 2 MiB of the file");
-    assert_eq!(m.unmaps(), 6, "every range but the last two was evicted");
+    // The legacy backend also clears the whole window at FUSE_INIT, as virtiofsd did.
+    let at_init = match dialect {
+        Dialect::Legacy => 1,
+        Dialect::Standard => 0,
+    };
+    assert_eq!(
+        m.unmaps(),
+        6 + at_init,
+        "every range but the last two was evicted"
+    );
     assert_eq!(
         m.total_refusals(),
         1,
