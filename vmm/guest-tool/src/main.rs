@@ -1,0 +1,214 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! `vfd-guest`: what dax-vmm's test guests need besides busybox.
+//!
+//! ```text
+//! vfd-guest mmap-write FILE OFFSET TEXT   store TEXT at OFFSET through mmap(MAP_SHARED), msync
+//! vfd-guest hold FILE                     map FILE, read every page through the mapping, print a
+//!                                         checksum, then keep it mapped until killed
+//! vfd-guest bench seq FILE                read FILE twice in 1 MiB read()s: cold, then warm
+//! vfd-guest bench rand FILE COUNT         COUNT 4 KiB pread()s at random offsets, twice
+//! ```
+//!
+//! Every result line starts with the subcommand, so a test script can grep for it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::process::ExitCode;
+use std::time::Instant;
+
+type Result<T> = std::result::Result<T, String>;
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).unwrap_or(4096)
+}
+
+/// A shared mapping of part of a file, unmapped on drop.
+struct Mapping {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(file: &File, offset: u64, len: usize, write: bool) -> Result<Self> {
+        let prot = if write {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let off = libc::off_t::try_from(offset).map_err(|_| "offset too large".to_string())?;
+        // SAFETY: a new mapping chosen by the kernel (no MAP_FIXED) of an open file; nothing
+        // else refers to the range it returns.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+        }
+        Ok(Self { addr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `addr..addr + len` is mapped readable for the life of `self`.
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as `bytes`; mappings made with `write` are writable, and `&mut self` makes
+        // this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len) }
+    }
+
+    fn sync(&self) -> Result<()> {
+        // SAFETY: msync of the range this mapping owns.
+        if unsafe { libc::msync(self.addr, self.len, libc::MS_SYNC) } != 0 {
+            return Err(format!("msync: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the range was mapped by `new` and no reference to it outlives `self`.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
+fn mmap_write(path: &str, offset: &str, text: &str) -> Result<()> {
+    let offset: u64 = offset.parse().map_err(|e| format!("offset {offset}: {e}"))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let page = page_size();
+    let start = offset / page * page;
+    let end = (offset + text.len() as u64).div_ceil(page) * page;
+    let mut map = Mapping::new(&file, start, (end - start) as usize, true)?;
+    let at = (offset - start) as usize;
+    map.bytes_mut()[at..at + text.len()].copy_from_slice(text.as_bytes());
+    map.sync()?;
+    drop(map);
+    // Read it back through read(), which the DAX mount serves from the same host pages.
+    let mut back = vec![0u8; text.len()];
+    file.read_exact_at(&mut back, offset)
+        .map_err(|e| format!("reading back: {e}"))?;
+    if back != text.as_bytes() {
+        return Err("read() does not see the store made through the mapping".into());
+    }
+    println!(
+        "mmap-write: {} bytes at {offset} stored, msynced and read back",
+        text.len()
+    );
+    Ok(())
+}
+
+fn hold(path: &str) -> Result<()> {
+    let file = File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
+    let map = Mapping::new(&file, 0, len, false)?;
+    let page = page_size() as usize;
+    let sum = map
+        .bytes()
+        .iter()
+        .step_by(page)
+        .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
+    println!("hold: {} pages of {path} mapped, checksum {sum:#x}", len / page);
+    loop {
+        // SAFETY: pause has no memory effects; the mapping stays until the process is killed.
+        unsafe { libc::pause() };
+    }
+}
+
+/// Returns MiB/s of one sequential pass.
+fn seq_pass(path: &str, buf: &mut [u8]) -> Result<(f64, u64)> {
+    let mut file = File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let start = Instant::now();
+    let mut total = 0u64;
+    let mut sum = 0u64;
+    loop {
+        let n = file.read(buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        sum = sum.wrapping_add(u64::from(buf[0]));
+        total += n as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok((total as f64 / (1 << 20) as f64 / secs, sum))
+}
+
+/// Returns operations per second of `count` random 4 KiB reads.
+fn rand_pass(path: &str, count: u64, seed: u64) -> Result<f64> {
+    let file = File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let blocks = (len / 4096).max(1);
+    let mut x = seed | 1;
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    for _ in 0..count {
+        // xorshift64: the same offsets in every mode.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        file.read_exact_at(&mut buf, (x % blocks) * 4096)
+            .map_err(|e| format!("pread: {e}"))?;
+    }
+    Ok(count as f64 / start.elapsed().as_secs_f64())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    match args {
+        [kind, path] if kind == "seq" => {
+            let mut buf = vec![0u8; 1 << 20];
+            let (cold, a) = seq_pass(path, &mut buf)?;
+            let (warm, b) = seq_pass(path, &mut buf)?;
+            if a != b {
+                return Err("two reads of the same file differ".into());
+            }
+            println!("bench: seq cold {cold:.1} MiB/s, warm {warm:.1} MiB/s");
+            Ok(())
+        }
+        [kind, path, count] if kind == "rand" => {
+            let count: u64 = count.parse().map_err(|e| format!("count {count}: {e}"))?;
+            let cold = rand_pass(path, count, 0x9e37_79b9_7f4a_7c15)?;
+            let warm = rand_pass(path, count, 0x9e37_79b9_7f4a_7c15)?;
+            println!("bench: rand4k cold {cold:.0} reads/s, warm {warm:.0} reads/s");
+            Ok(())
+        }
+        _ => Err("usage: vfd-guest bench seq FILE | bench rand FILE COUNT".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let res = match args.first().map(String::as_str) {
+        Some("mmap-write") if args.len() == 4 => mmap_write(&args[1], &args[2], &args[3]),
+        Some("hold") if args.len() == 2 => hold(&args[1]),
+        Some("bench") => bench(&args[1..]),
+        _ => Err(
+            "usage: vfd-guest mmap-write FILE OFFSET TEXT | hold FILE | bench seq FILE | bench rand FILE COUNT"
+                .into(),
+        ),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vfd-guest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
