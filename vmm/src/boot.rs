@@ -139,26 +139,52 @@ fn segment(entry: u64, index: u8) -> kvm_segment {
     }
 }
 
-/// Puts vCPU 0 in 64-bit mode at `entry`: CPUID, FPU, registers, GDT, identity-mapped page
-/// tables for the first GiB, and the local APIC's LINT0/LINT1.
-pub fn setup_vcpu(
-    kvm: &Kvm,
-    vcpu: &VcpuFd,
-    mem: &GuestMemoryMmap,
-    entry: GuestAddress,
-) -> Result<()> {
+/// Sets up any vCPU: CPUID (with its APIC id, and the hypervisor bit) and the local APIC's
+/// LINT0/LINT1. The boot vCPU then gets [`setup_boot_vcpu`]; the others wait for the INIT/SIPI
+/// the guest sends them (the in-kernel local APIC handles both).
+pub fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> Result<()> {
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .context("KVM_GET_SUPPORTED_CPUID")?;
     for e in cpuid.as_mut_slice() {
-        // The hypervisor bit: without it Linux does not look for KVM's leaves, so no kvm-clock,
-        // and a hardware-reduced ACPI platform (no PIT timer) has no clock to tick with.
-        if e.function == 1 {
-            e.ecx |= 1 << 31;
+        match e.function {
+            1 => {
+                // The hypervisor bit: without it Linux does not look for KVM's leaves, so no
+                // kvm-clock, and a hardware-reduced ACPI platform (no PIT timer) has no clock to
+                // tick with. EBX: initial APIC id (31:24), logical processors (23:16), HTT.
+                e.ecx |= 1 << 31;
+                e.ebx = (u32::from(id) << 24) | (u32::from(count) << 16) | (e.ebx & 0xffff);
+                if count > 1 {
+                    e.edx |= 1 << 28;
+                }
+            }
+            // Extended topology: the x2APIC id of this vCPU.
+            0xb | 0x1f => e.edx = u32::from(id),
+            _ => {}
         }
     }
     vcpu.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
 
+    // LINT0: ExtINT (the PIC), LINT1: NMI.
+    let mut lapic = vcpu.get_lapic().context("KVM_GET_LAPIC")?;
+    for (reg, mode) in [(0x350usize, 7u32), (0x360, 4)] {
+        let regs = &mut lapic.regs[reg..reg + 4];
+        let mut v = [0u8; 4];
+        for (b, r) in v.iter_mut().zip(regs.iter()) {
+            *b = *r as u8;
+        }
+        let v = (u32::from_le_bytes(v) & !0x700) | (mode << 8);
+        for (r, b) in regs.iter_mut().zip(v.to_le_bytes()) {
+            *r = b as _;
+        }
+    }
+    vcpu.set_lapic(&lapic).context("KVM_SET_LAPIC")?;
+    Ok(())
+}
+
+/// Puts the boot vCPU in 64-bit mode at `entry`: FPU, registers, GDT, identity-mapped page
+/// tables for the first GiB.
+pub fn setup_boot_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: GuestAddress) -> Result<()> {
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
@@ -220,19 +246,5 @@ pub fn setup_vcpu(
     sregs.efer |= 0x100 | 0x400; // LME, LMA
     vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
 
-    // LINT0: ExtINT (the PIC), LINT1: NMI.
-    let mut lapic = vcpu.get_lapic().context("KVM_GET_LAPIC")?;
-    for (reg, mode) in [(0x350usize, 7u32), (0x360, 4)] {
-        let regs = &mut lapic.regs[reg..reg + 4];
-        let mut v = [0u8; 4];
-        for (b, r) in v.iter_mut().zip(regs.iter()) {
-            *b = *r as u8;
-        }
-        let v = (u32::from_le_bytes(v) & !0x700) | (mode << 8);
-        for (r, b) in regs.iter_mut().zip(v.to_le_bytes()) {
-            *r = b as _;
-        }
-    }
-    vcpu.set_lapic(&lapic).context("KVM_SET_LAPIC")?;
     Ok(())
 }

@@ -25,16 +25,19 @@ mod mmio;
 use std::fs::File;
 use std::io::{self, Write};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use kvm_ioctls::{Kvm, VcpuExit, VmFd};
+use anyhow::{anyhow, bail, Context, Result};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use virtio_fs_dax::device::VirtioDevice;
 use virtio_fs_dax::memory::{MemoryManager, WindowRegion};
 use virtio_fs_dax::{Dialect, Fs};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 /// I/O ports of the first 8250 UART.
 const COM1: u16 = 0x3f8;
@@ -51,6 +54,8 @@ struct Args {
     initrd: Option<String>,
     cmdline: String,
     mem_mib: u64,
+    cpus: u8,
+    max_reboots: u32,
     fs: Vec<FsArg>,
 }
 
@@ -110,6 +115,8 @@ fn parse_args() -> Result<Args> {
         initrd: None,
         cmdline: "console=ttyS0 reboot=k panic=-1 pci=off".into(),
         mem_mib: 512,
+        cpus: 1,
+        max_reboots: 4,
         fs: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -120,10 +127,12 @@ fn parse_args() -> Result<Args> {
             "--initrd" => args.initrd = Some(value()?),
             "--cmdline" => args.cmdline = value()?,
             "--mem-mib" => args.mem_mib = value()?.parse().context("--mem-mib")?,
+            "--cpus" => args.cpus = value()?.parse().context("--cpus")?,
+            "--max-reboots" => args.max_reboots = value()?.parse().context("--max-reboots")?,
             "--fs" => args.fs.push(parse_fs(&value()?)?),
             "-h" | "--help" => {
                 println!(
-                    "usage: dax-vmm --kernel BZIMAGE [--initrd FILE] [--cmdline STR] [--mem-mib N]"
+                    "usage: dax-vmm --kernel BZIMAGE [--initrd FILE] [--cmdline STR] [--mem-mib N] [--cpus N] [--max-reboots N] [--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy]]..."
                 );
                 std::process::exit(0);
             }
@@ -132,6 +141,9 @@ fn parse_args() -> Result<Args> {
     }
     if args.kernel.is_empty() {
         bail!("--kernel is required");
+    }
+    if !(1..=16).contains(&args.cpus) {
+        bail!("--cpus must be 1..=16");
     }
     if !(64..=3072).contains(&args.mem_mib) {
         bail!("--mem-mib must be 64..=3072 (RAM below the 32-bit hole)");
@@ -149,55 +161,62 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Registers DAX windows as KVM memory slots (the crate's `MemoryManager`).
+/// Registers DAX windows as KVM memory slots (the crate's `MemoryManager`). After a reboot the
+/// VMM builds a new VM; [`KvmMemory::attach`] moves every window into it.
 struct KvmMemory {
-    vm: Arc<VmFd>,
-    /// Slot of each window, by guest address.
-    slots: Mutex<Vec<(u64, u32)>>,
-    next_slot: Mutex<u32>,
+    vm: Mutex<Arc<VmFd>>,
+    /// Every registered window and its slot.
+    windows: Mutex<Vec<(WindowRegion, u32)>>,
+    next_slot: AtomicU32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl KvmMemory {
+    fn set_slot(vm: &VmFd, slot: u32, r: &WindowRegion, size: u64) -> io::Result<()> {
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: r.gpa,
+            memory_size: size,
+            userspace_addr: r.host_addr,
+        };
+        // SAFETY: the window's reservation lives until `unregister_window`, which the device
+        // calls before the window is unmapped (the crate's documented drop order); a zero size
+        // deletes the slot.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+
+    /// Makes `vm` the VM the windows belong to, and registers every window in it.
+    fn attach(&self, vm: Arc<VmFd>) -> Result<()> {
+        let mut current = lock(&self.vm);
+        for (r, slot) in lock(&self.windows).iter() {
+            Self::set_slot(&vm, *slot, r, r.size)
+                .with_context(|| format!("window at {:#x} in the new VM", r.gpa))?;
+        }
+        *current = vm;
+        Ok(())
+    }
 }
 
 impl MemoryManager for KvmMemory {
     fn register_window(&self, r: &WindowRegion) -> io::Result<()> {
-        let slot = {
-            let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
-            *next += 1;
-            *next
-        };
-        let region = kvm_bindings::kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: r.gpa,
-            memory_size: r.size,
-            userspace_addr: r.host_addr,
-        };
-        // SAFETY: the window's reservation lives until `unregister_window`, which the device
-        // calls before the window is unmapped (the crate's documented drop order).
-        unsafe { self.vm.set_user_memory_region(region) }
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((r.gpa, slot));
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        Self::set_slot(&lock(&self.vm), slot, r, r.size)?;
+        lock(&self.windows).push((*r, slot));
         Ok(())
     }
 
     fn unregister_window(&self, r: &WindowRegion) -> io::Result<()> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(i) = slots.iter().position(|&(gpa, _)| gpa == r.gpa) else {
+        let mut windows = lock(&self.windows);
+        let Some(i) = windows.iter().position(|(w, _)| w.gpa == r.gpa) else {
             return Ok(());
         };
-        let (_, slot) = slots.remove(i);
-        let region = kvm_bindings::kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: r.gpa,
-            memory_size: 0,
-            userspace_addr: r.host_addr,
-        };
-        // SAFETY: a zero-sized region deletes the slot; nothing is mapped through it after.
-        unsafe { self.vm.set_user_memory_region(region) }
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+        let (_, slot) = windows.remove(i);
+        Self::set_slot(&lock(&self.vm), slot, r, 0)
     }
 }
 
@@ -226,12 +245,145 @@ fn guest_ram(size: u64) -> Result<GuestMemoryMmap> {
     .context("guest RAM")
 }
 
-fn run(args: Args) -> Result<u8> {
-    let kvm = Kvm::new().context("opening /dev/kvm")?;
+/// What ends a boot.
+enum Event {
+    /// The guest wrote its status to the exit port, or powered off (status 0).
+    Exit(u8),
+    /// The guest reset the machine (i8042 reset, or a triple fault).
+    Reboot,
+    /// A vCPU cannot go on.
+    Fatal(String),
+}
+
+type Console = Serial<IrqTrigger, vm_superio::serial::NoEvents, io::Stdout>;
+
+/// What the vCPU threads share: the devices, the serial port, and where they post the event
+/// that ends the boot.
+struct Platform {
+    devices: Mutex<Vec<mmio::MmioFs>>,
+    serial: Mutex<Console>,
+    windows: Vec<(u64, u64)>,
+    events: mpsc::Sender<Event>,
+    /// Guest accesses to window pages with nothing mapped (the backend went away).
+    unmapped_window_faults: AtomicU64,
+}
+
+impl Platform {
+    fn io_out(&self, port: u16, data: &[u8]) -> Option<Event> {
+        match port {
+            EXIT_PORT => return Some(Event::Exit(data.first().copied().unwrap_or(1))),
+            acpi::SLEEP_CONTROL_PORT if data.first().is_some_and(|&v| v & acpi::SLP_EN != 0) => {
+                // The guest powered off (ACPI S5) without a status: a clean end.
+                return Some(Event::Exit(0));
+            }
+            I8042_COMMAND if data.first() == Some(&I8042_RESET) => return Some(Event::Reboot),
+            p if (COM1..COM1 + 8).contains(&p) => {
+                if let Some(&b) = data.first() {
+                    let _ = lock(&self.serial).write((p - COM1) as u8, b);
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn io_in(&self, port: u16, data: &mut [u8]) {
+        if (COM1..COM1 + 8).contains(&port) {
+            data[0] = lock(&self.serial).read((port - COM1) as u8);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match lock(&self.devices).iter_mut().find(|d| d.contains(addr)) {
+            Some(d) => d.read(addr, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if let Some(d) = lock(&self.devices).iter_mut().find(|d| d.contains(addr)) {
+            d.write(addr, data);
+        }
+    }
+
+    fn in_window(&self, gpa: u64) -> bool {
+        self.windows.iter().any(|&(b, l)| gpa >= b && gpa - b < l)
+    }
+}
+
+/// Runs one vCPU until the boot ends or the VMM stops it.
+fn vcpu_loop(mut vcpu: VcpuFd, id: u8, p: &Platform, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        let event = match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => p.io_out(port, data),
+            Ok(VcpuExit::IoIn(port, data)) => {
+                p.io_in(port, data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                p.mmio_read(addr, data);
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                p.mmio_write(addr, data);
+                None
+            }
+            Ok(VcpuExit::Hlt) => Some(Event::Fatal(format!("vCPU {id} halted"))),
+            Ok(VcpuExit::Shutdown) => Some(Event::Reboot),
+            Ok(VcpuExit::MemoryFault { gpa, .. }) if p.in_window(gpa) => {
+                // The guest touched a window page that has no file behind it any more (its
+                // backend went away and the mappings were dropped). The access cannot complete;
+                // the vCPU cannot go on.
+                p.unmapped_window_faults.fetch_add(1, Ordering::Relaxed);
+                Some(Event::Fatal(format!(
+                    "vCPU {id} touched the DAX window at {gpa:#x}, where nothing is mapped"
+                )))
+            }
+            Ok(other) => Some(Event::Fatal(format!(
+                "vCPU {id}: unexpected exit {other:?}"
+            ))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(Event::Fatal(format!("vCPU {id}: KVM_RUN: {e}"))),
+        };
+        if let Some(event) = event {
+            let _ = p.events.send(event);
+            return;
+        }
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// What every boot shares: the host's KVM, the arguments, guest RAM, the windows' memory
+/// manager, the devices and the serial port, and the events the vCPUs post.
+struct Machine {
+    kvm: Kvm,
+    args: Args,
+    mem: GuestMemoryMmap,
+    memory: Arc<KvmMemory>,
+    platform: Arc<Platform>,
+    serial_irq: EventFd,
+    dsdt: Vec<u8>,
+    events: mpsc::Receiver<Event>,
+}
+
+/// One boot: a fresh VM around the same RAM and devices, until the guest exits or resets.
+fn boot(m: &Machine, boot_no: u32) -> Result<Event> {
+    let Machine {
+        kvm,
+        args,
+        mem,
+        memory,
+        platform,
+        serial_irq,
+        dsdt,
+        events,
+    } = m;
     let vm = Arc::new(kvm.create_vm().context("KVM_CREATE_VM")?);
     let mem_size = args.mem_mib << 20;
-    let mem = guest_ram(mem_size)?;
-    boot::register_memory(&vm, &mem)?;
+    boot::register_memory(&vm, mem)?;
     vm.set_tss_address(0xfffb_d000)
         .context("KVM_SET_TSS_ADDR")?;
     vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
@@ -240,16 +392,111 @@ fn run(args: Args) -> Result<u8> {
         ..Default::default()
     };
     vm.create_pit2(pit).context("KVM_CREATE_PIT2")?;
+    memory.attach(vm.clone())?;
+    for d in lock(&platform.devices).iter() {
+        d.wire(&vm)?;
+    }
+    vm.register_irqfd(serial_irq, COM1_GSI)
+        .context("KVM_IRQFD")?;
+
+    let mut kernel =
+        File::open(&args.kernel).with_context(|| format!("opening {}", args.kernel))?;
+    let initrd = match &args.initrd {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {p}"))?),
+        None => None,
+    };
+    let rsdp = acpi::write_tables(mem, args.cpus, dsdt)?;
+    let cmdline = format!("{} vfd.boot={boot_no}", args.cmdline);
+    let entry = boot::load(
+        mem,
+        &mut kernel,
+        initrd.as_deref(),
+        &cmdline,
+        mem_size,
+        rsdp,
+    )?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for id in 0..args.cpus {
+        let vcpu = vm.create_vcpu(u64::from(id)).context("KVM_CREATE_VCPU")?;
+        boot::setup_vcpu(kvm, &vcpu, id, args.cpus)?;
+        if id == 0 {
+            boot::setup_boot_vcpu(&vcpu, mem, entry)?;
+        }
+        let (p, stop) = (platform.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu_loop(vcpu, id, &p, &stop))
+                .context("spawning a vCPU thread")?,
+        );
+    }
+
+    // The VMM's thread: watch the backends while the vCPUs run.
+    let event = loop {
+        match events.recv_timeout(Duration::from_millis(100)) {
+            Ok(e) => break e,
+            Err(mpsc::RecvTimeoutError::Timeout) => watch_backends(platform),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Event::Fatal("every vCPU thread ended".into())
+            }
+        }
+    };
+    // Stop every vCPU: a signal takes a vCPU out of KVM_RUN, the flag keeps it out.
+    stop.store(true, Ordering::Release);
+    for t in &threads {
+        while !t.is_finished() {
+            let _ = t.kill(SIGRTMIN());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    while events.try_recv().is_ok() {}
+    Ok(event)
+}
+
+/// Drops the session of a device whose backend went away (the crate drops its mappings), and
+/// reconnects once the backend is back.
+fn watch_backends(platform: &Platform) {
+    for d in lock(&platform.devices).iter_mut() {
+        let fs = d.fs_mut();
+        if fs.check_backend() {
+            eprintln!(
+                "dax-vmm: virtio-fs {}: backend gone; mappings dropped (live mappings {})",
+                fs.tag(),
+                fs.metrics().live_mappings()
+            );
+            d.lost_backend = true;
+        }
+        if d.lost_backend {
+            // Not back yet: try again on the next tick.
+            if d.fs_mut().reconnect().is_ok() {
+                eprintln!("dax-vmm: virtio-fs {}: backend reconnected", d.fs().tag());
+                d.lost_backend = false;
+                d.counters.reconnects += 1;
+            }
+        }
+    }
+}
+
+fn run(args: Args) -> Result<u8> {
+    let kvm = Kvm::new().context("opening /dev/kvm")?;
+    let mem = guest_ram(args.mem_mib << 20)?;
+    register_signal_handler(SIGRTMIN(), kick_handler).context("vCPU kick signal")?;
 
     // The virtio-fs devices: the crate's Fs on virtio-mmio, windows as KVM memory slots.
     let memory = Arc::new(KvmMemory {
-        vm: vm.clone(),
-        slots: Mutex::new(Vec::new()),
-        next_slot: Mutex::new(0),
+        vm: Mutex::new(Arc::new(kvm.create_vm().context("KVM_CREATE_VM")?)),
+        windows: Mutex::new(Vec::new()),
+        next_slot: AtomicU32::new(1),
     });
     let atomic = GuestMemoryAtomic::new(mem.clone());
     let mut devices = Vec::new();
     let mut dsdt = Vec::new();
+    let mut windows = Vec::new();
     let mut window_at = WINDOW_BASE;
     for (i, f) in args.fs.iter().enumerate() {
         let mut fs = Fs::builder(f.tag.clone())
@@ -267,93 +514,80 @@ fn run(args: Args) -> Result<u8> {
         if f.window > 0 {
             fs.set_shm_base(0, window_at)
                 .with_context(|| format!("placing the window of {}", f.tag))?;
+            windows.push((window_at, f.window));
             window_at += f.window.max(2 << 20);
         }
         let base = MMIO_BASE + i as u64 * mmio::MMIO_LEN;
         let gsi = MMIO_GSI + i as u32;
         dsdt.extend(acpi::virtio_mmio_device(i, base, mmio::MMIO_LEN, gsi));
-        devices.push(mmio::MmioFs::new(&vm, base, gsi, fs, atomic.clone())?);
+        devices.push(mmio::MmioFs::new(base, gsi, fs, atomic.clone())?);
     }
 
-    let mut kernel =
-        File::open(&args.kernel).with_context(|| format!("opening {}", args.kernel))?;
-    let initrd = match &args.initrd {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {p}"))?),
-        None => None,
-    };
-    let rsdp = acpi::write_tables(&mem, 1, &dsdt)?;
-    let entry = boot::load(
-        &mem,
-        &mut kernel,
-        initrd.as_deref(),
-        &args.cmdline,
-        mem_size,
-        rsdp,
-    )?;
-
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).context("eventfd")?;
-    vm.register_irqfd(&serial_irq, COM1_GSI)
-        .context("KVM_IRQFD")?;
-    let mut serial = Serial::new(
+    let serial = Serial::new(
         IrqTrigger(serial_irq.try_clone().context("eventfd clone")?),
         io::stdout(),
     );
+    let (tx, events) = mpsc::channel();
+    let platform = Arc::new(Platform {
+        devices: Mutex::new(devices),
+        serial: Mutex::new(serial),
+        windows,
+        events: tx,
+        unmapped_window_faults: AtomicU64::new(0),
+    });
 
-    let mut vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU")?;
-    boot::setup_vcpu(&kvm, &vcpu, &mem, entry)?;
-
-    let status = loop {
-        match vcpu.run() {
-            Ok(VcpuExit::IoOut(port, data)) => match port {
-                EXIT_PORT => break data.first().copied().unwrap_or(1),
-                acpi::SLEEP_CONTROL_PORT
-                    if data.first().is_some_and(|&v| v & acpi::SLP_EN != 0) =>
-                {
-                    // The guest powered off (ACPI S5) without a status: a clean end.
-                    break 0;
+    let machine = Machine {
+        kvm,
+        args,
+        mem,
+        memory,
+        platform,
+        serial_irq,
+        dsdt,
+        events,
+    };
+    let mut boot_no = 0;
+    let result = loop {
+        let event = boot(&machine, boot_no);
+        match event {
+            Ok(Event::Reboot) if boot_no < machine.args.max_reboots => {
+                // The platform reset: every device resets, which drops its window's mappings.
+                for d in lock(&machine.platform.devices).iter_mut() {
+                    let before = d.fs().metrics().live_mappings();
+                    d.platform_reset();
+                    eprintln!(
+                        "dax-vmm: reboot: virtio-fs {}: {before} mapping(s) before the reset, {} after",
+                        d.fs().tag(),
+                        d.fs().metrics().live_mappings()
+                    );
                 }
-                I8042_COMMAND if data.first() == Some(&I8042_RESET) => {
-                    bail!("the guest reset itself without writing its status")
-                }
-                p if (COM1..COM1 + 8).contains(&p) => {
-                    if let Some(&b) = data.first() {
-                        let _ = serial.write((p - COM1) as u8, b);
-                    }
-                }
-                _ => {}
-            },
-            Ok(VcpuExit::IoIn(port, data)) => {
-                if (COM1..COM1 + 8).contains(&port) {
-                    data[0] = serial.read((port - COM1) as u8);
-                } else {
-                    data.fill(0xff);
-                }
+                boot_no += 1;
             }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                match devices.iter_mut().find(|d| d.contains(addr)) {
-                    Some(d) => d.read(addr, data),
-                    None => data.fill(0xff),
-                }
+            Ok(Event::Reboot) => {
+                break Err(anyhow!(
+                    "the guest reset itself more than {} time(s)",
+                    machine.args.max_reboots
+                ))
             }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                if let Some(d) = devices.iter_mut().find(|d| d.contains(addr)) {
-                    d.write(addr, data);
-                }
-            }
-            Ok(VcpuExit::Hlt) => bail!("the guest halted without writing its status"),
-            Ok(VcpuExit::Shutdown) => {
-                bail!("the guest shut down (triple fault or reset) without writing its status")
-            }
-            Ok(other) => bail!("unexpected vCPU exit {other:?}"),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-            Err(e) => return Err(e).context("KVM_RUN"),
+            Ok(Event::Exit(status)) => break Ok(status),
+            Ok(Event::Fatal(why)) => break Err(anyhow!(why)),
+            Err(e) => break Err(e),
         }
     };
     let _ = io::stdout().flush();
-    for (d, f) in devices.iter_mut().zip(&args.fs) {
+    for (d, f) in lock(&machine.platform.devices)
+        .iter_mut()
+        .zip(&machine.args.fs)
+    {
         let m = d.fs().metrics().clone();
+        let lat = m.map_latency();
+        let us = |q| {
+            lat.quantile(q)
+                .map_or(0.0, |d: Duration| d.as_secs_f64() * 1e6)
+        };
         eprintln!(
-            "dax-vmm: virtio-fs {}: maps {}, unmaps {}, live mappings {}, refusals {}, bad register accesses {}, failed activations {}",
+            "dax-vmm: virtio-fs {}: maps {}, unmaps {}, live mappings {}, refusals {}, bad register accesses {}, failed activations {}, reconnects {}, map round trip p50 {:.1} us p99 {:.1} us",
             f.tag,
             m.maps(),
             m.unmaps(),
@@ -361,12 +595,46 @@ fn run(args: Args) -> Result<u8> {
             m.total_refusals(),
             d.counters.bad_accesses,
             d.counters.failed_activations,
+            d.counters.reconnects,
+            us(0.5),
+            us(0.99),
         );
     }
-    Ok(status)
+    let faults = machine
+        .platform
+        .unmapped_window_faults
+        .load(Ordering::Relaxed);
+    if faults > 0 {
+        eprintln!("dax-vmm: guest accesses to unmapped window pages: {faults}");
+    }
+    eprintln!("dax-vmm: boots {}", boot_no + 1);
+    result
+}
+
+/// The crate's log lines on stderr: warnings and errors, and everything down to
+/// `DAX_VMM_LOG` (`error`, `warn`, `info`, `debug`, `trace`) when it is set.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("dax-vmm: {} {}: {}", r.level(), r.target(), r.args());
+        }
+    }
+    fn flush(&self) {}
 }
 
 fn main() -> ExitCode {
+    let level = std::env::var("DAX_VMM_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Warn);
+    if log::set_logger(&StderrLog).is_ok() {
+        log::set_max_level(level);
+    }
     match parse_args().and_then(run) {
         Ok(status) => ExitCode::from(status),
         Err(e) => {

@@ -51,11 +51,14 @@ pub struct Counters {
     pub bad_accesses: u64,
     /// Activations that failed.
     pub failed_activations: u64,
+    /// Sessions re-established with a restarted backend.
+    pub reconnects: u64,
 }
 
 /// A virtio-fs device on virtio-mmio.
 pub struct MmioFs {
     base: u64,
+    gsi: u32,
     fs: Fs,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     irq: Arc<Irq>,
@@ -70,13 +73,13 @@ pub struct MmioFs {
     shm: MmioShmRegs,
     /// Counters for the report.
     pub counters: Counters,
+    /// The backend went away and has not been reconnected yet.
+    pub lost_backend: bool,
 }
 
 impl MmioFs {
-    /// Wires `fs` at `base` with interrupt `gsi`: one ioeventfd a queue at QueueNotify, and
-    /// irqfds for the device's interrupt and every queue's call eventfd.
+    /// A device for `fs` at `base` with interrupt `gsi`; [`MmioFs::wire`] connects it to a VM.
     pub fn new(
-        vm: &VmFd,
         base: u64,
         gsi: u32,
         fs: Fs,
@@ -84,17 +87,11 @@ impl MmioFs {
     ) -> Result<MmioFs> {
         let n = fs.queue_max_sizes().len();
         let irq = EventFd::new(EFD_NONBLOCK).context("eventfd")?;
-        vm.register_irqfd(&irq, gsi).context("KVM_IRQFD")?;
         let mut kicks = Vec::new();
         let mut calls = Vec::new();
-        for i in 0..n {
-            let kick = EventFd::new(EFD_NONBLOCK).context("eventfd")?;
-            vm.register_ioevent(&kick, &IoEventAddress::Mmio(base + 0x50), i as u32)
-                .context("KVM_IOEVENTFD")?;
-            let call = EventFd::new(EFD_NONBLOCK).context("eventfd")?;
-            vm.register_irqfd(&call, gsi).context("KVM_IRQFD")?;
-            kicks.push(kick);
-            calls.push(call);
+        for _ in 0..n {
+            kicks.push(EventFd::new(EFD_NONBLOCK).context("eventfd")?);
+            calls.push(EventFd::new(EFD_NONBLOCK).context("eventfd")?);
         }
         let shm = MmioShmRegs::with_regions(
             fs.shm_regions()
@@ -103,6 +100,7 @@ impl MmioFs {
         );
         Ok(MmioFs {
             base,
+            gsi,
             fs,
             mem,
             irq: Arc::new(Irq(irq)),
@@ -116,7 +114,31 @@ impl MmioFs {
             status: 0,
             shm,
             counters: Counters::default(),
+            lost_backend: false,
         })
+    }
+
+    /// Connects the device to `vm` (a new one after a reboot): one ioeventfd a queue at
+    /// QueueNotify, and irqfds on its GSI for the device's interrupt and every queue's call
+    /// eventfd (the backend signals those directly).
+    pub fn wire(&self, vm: &VmFd) -> Result<()> {
+        vm.register_irqfd(&self.irq.0, self.gsi)
+            .context("KVM_IRQFD")?;
+        for (i, (kick, call)) in self.kicks.iter().zip(&self.calls).enumerate() {
+            vm.register_ioevent(kick, &IoEventAddress::Mmio(self.base + 0x50), i as u32)
+                .context("KVM_IOEVENTFD")?;
+            vm.register_irqfd(call, self.gsi).context("KVM_IRQFD")?;
+        }
+        Ok(())
+    }
+
+    /// The platform reset (the guest rebooted): the device resets as on a status write of 0.
+    pub fn platform_reset(&mut self) {
+        self.set_status(0);
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        self.shm.reset();
     }
 
     /// Whether `addr` is in this device's register page.
@@ -125,7 +147,12 @@ impl MmioFs {
     }
 
     /// The device.
-    pub fn fs(&mut self) -> &mut Fs {
+    pub fn fs(&self) -> &Fs {
+        &self.fs
+    }
+
+    /// The device, to act on it.
+    pub fn fs_mut(&mut self) -> &mut Fs {
         &mut self.fs
     }
 
@@ -228,7 +255,15 @@ impl MmioFs {
 
     fn set_status(&mut self, v: u32) {
         if v == 0 {
+            let before = self.fs.metrics().live_mappings();
             self.fs.reset();
+            if self.status != 0 {
+                eprintln!(
+                    "dax-vmm: virtio-fs {}: reset by the driver: {before} mapping(s) before, {} after",
+                    self.fs.tag(),
+                    self.fs.metrics().live_mappings()
+                );
+            }
             self.status = 0;
             self.driver_features = 0;
             self.queues
