@@ -8,12 +8,16 @@
 //!
 //! 1. Build it: [`Fs::builder`] with the tag, queue count and size, backend socket, window size
 //!    (0 for no DAX), dialect and policies. Bad configuration is a typed [`Error`].
-//! 2. Optionally [`Fs::connect`] right away, so [`VirtioDevice::features`] can offer what the
-//!    backend supports (EVENT_IDX, INDIRECT_DESC); otherwise only `VIRTIO_F_VERSION_1` is offered
-//!    and activation connects.
-//! 3. Expose shared memory region 0 ([`VirtioDevice::shm_regions`]) through the transport: a PCI
-//!    BAR with [`crate::transport::shm_pci_cap`], or the MMIO SHM registers
-//!    ([`crate::transport::MmioShmRegs`]). Allocate its guest address with
+//! 2. [`Fs::connect`] before the guest can see the device, so [`VirtioDevice::features`] can
+//!    offer what the backend supports (EVENT_IDX, INDIRECT_DESC), and so the device knows whether
+//!    the backend can serve the window before the guest probes it: with
+//!    [`DaxFallback::Disable`] a backend that cannot (virtiofsd 1.14) gets a device without a
+//!    window ([`Fs::window_offered`]), with [`DaxFallback::Fail`] `connect` fails. Without
+//!    `connect`, only `VIRTIO_F_VERSION_1` is offered, activation connects, and the window is
+//!    offered whatever the backend.
+//! 3. Expose shared memory region 0 ([`VirtioDevice::shm_regions`], empty when there is no
+//!    window) through the transport: a PCI BAR with [`crate::transport::shm_pci_cap`], or the
+//!    MMIO SHM registers ([`crate::transport::MmioShmRegs`]). Allocate its guest address with
 //!    [`crate::transport::window_resource_constraint`], then call [`VirtioDevice::set_shm_base`]:
 //!    the device registers the window through the VMM's [`MemoryManager`] (and again on every
 //!    BAR move).
@@ -107,6 +111,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -165,6 +170,20 @@ pub enum Error {
         id: u8,
         /// Guest physical address.
         gpa: u64,
+    },
+    /// The DAX window was withdrawn at [`Fs::connect`] ([`DaxFallback::Disable`] with a backend
+    /// that cannot serve it): the device offers no shared memory region to place.
+    #[error(
+        "shared memory region {id}: the DAX window was withdrawn at connect, the backend lacks \
+         {missing:?} ({dialect:?} dialect)"
+    )]
+    WindowWithdrawn {
+        /// Region id asked for.
+        id: u8,
+        /// Protocol features the backend lacked.
+        missing: VhostUserProtocolFeatures,
+        /// Dialect configured.
+        dialect: Dialect,
     },
     /// Registering the window in the IO space failed.
     #[error("IO space")]
@@ -334,7 +353,9 @@ impl FsBuilder {
         self.replace_exact = enable;
         self
     }
-    /// What to do when the backend cannot serve the window. Default: fail activation.
+    /// What to do when the backend cannot serve the window. Default [`DaxFallback::Fail`]:
+    /// [`Fs::connect`] (or activation, without it) fails. [`DaxFallback::Disable`]: `connect`
+    /// withdraws the window (see [`Fs::window_offered`]).
     pub fn dax_fallback(mut self, fallback: DaxFallback) -> Self {
         self.dax_fallback = fallback;
         self
@@ -426,6 +447,8 @@ impl FsBuilder {
             session: None,
             active: None,
             acked_features: 0,
+            withdrawn: None,
+            window_seen: false,
         })
     }
 }
@@ -451,6 +474,11 @@ pub struct Fs {
     session: Option<Session>,
     active: Option<Active>,
     acked_features: u64,
+    /// Set when connect withdrew the window: the protocol features the backend lacked.
+    withdrawn: Option<VhostUserProtocolFeatures>,
+    /// The guest may know the window (the device was activated, or restored): from then on the
+    /// window is never withdrawn.
+    window_seen: bool,
 }
 
 impl std::fmt::Debug for Fs {
@@ -509,15 +537,132 @@ impl Fs {
         self.session.as_ref()
     }
 
-    /// Connects to the backend now (`SET_OWNER`, `GET_FEATURES`), so that
-    /// [`VirtioDevice::features`] offers what it supports. Activation connects if this was not
-    /// called.
+    /// Connects to the backend now (`SET_OWNER`, `GET_FEATURES`, `GET_PROTOCOL_FEATURES`), so
+    /// that [`VirtioDevice::features`] offers what it supports, and decides whether the device
+    /// offers its DAX window: call it before the guest can see the device (its driver reads the
+    /// shared memory regions when it probes, long before activation). Activation connects if
+    /// this was not called, and then the window is offered whatever the backend.
+    ///
+    /// When the device has a window and the backend cannot serve it in the configured dialect
+    /// ([`Connection::dax_missing`]: it lacks `SHMEM`, or the backend channel, or `REPLY_ACK`):
+    ///
+    /// - [`DaxFallback::Fail`]: fails with [`frontend::Error::DaxUnsupported`] (in
+    ///   [`Error::Session`]) and closes the connection.
+    /// - [`DaxFallback::Disable`]: the window is withdrawn for the life of the device, and
+    ///   `connect` succeeds. [`VirtioDevice::shm_regions`] and
+    ///   [`VirtioDevice::userspace_mappings`] are empty, [`Fs::window`] is `None`,
+    ///   [`Fs::window_offered`] is false; a window already placed with
+    ///   [`VirtioDevice::set_shm_base`] is unregistered from the [`MemoryManager`] and the IO
+    ///   space, and a later `set_shm_base` fails with [`Error::WindowWithdrawn`]. Should the
+    ///   memory manager refuse to unregister it, `connect` fails with [`Error::Memory`], the
+    ///   window stays, and calling `connect` again retries.
+    ///
+    /// Once the device was activated (or restored) the guest may know the window, so it is never
+    /// withdrawn again: see [`Fs::reconnect`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[cfg(feature = "test-utils")]
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use vhost::vhost_user::VhostUserProtocolFeatures as P;
+    /// use virtio_fs_dax::device::VirtioDevice;
+    /// use virtio_fs_dax::frontend::DaxFallback;
+    /// use virtio_fs_dax::test_utils::{TestBackendConfig, TestBackendServer};
+    /// use virtio_fs_dax::Fs;
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// # let socket = dir.path().join("fs.sock");
+    /// // A backend without SHMEM, like virtiofsd 1.14.
+    /// let config = TestBackendConfig {
+    ///     protocol_features: TestBackendConfig::default().protocol_features - P::SHMEM,
+    ///     ..TestBackendConfig::default()
+    /// };
+    /// let _backend = TestBackendServer::start(&socket, config)?;
+    /// let mut fs = Fs::builder("myfs")
+    ///     .socket_path(&socket)
+    ///     .window_size(64 << 20)
+    ///     .dax_fallback(DaxFallback::Disable)
+    ///     .build()?;
+    /// assert!(fs.window_offered());
+    /// fs.connect()?;
+    /// // Decided before the guest sees anything: no window to expose.
+    /// assert!(!fs.window_offered());
+    /// assert!(fs.shm_regions().is_empty());
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "test-utils"))]
+    /// # fn main() {}
+    /// ```
     pub fn connect(&mut self) -> Result<()> {
         if self.conn.is_none() && self.session.is_none() {
             let conn = Connection::open(&self.session_cfg, self.queue_sizes.len() as u64)
                 .map_err(Error::Session)?;
             self.conn = Some(conn);
         }
+        self.decide_window()
+    }
+
+    /// Whether the device offers its DAX window to the guest (shared memory region 0 in
+    /// [`VirtioDevice::shm_regions`]). True when the device was built with a window, until
+    /// [`Fs::connect`] withdraws it ([`DaxFallback::Disable`] with a backend that cannot serve
+    /// it); then false for the life of the device, whatever backend comes later.
+    ///
+    /// This is decided at connect and says what the guest sees; whether the current session
+    /// serves the window is [`frontend::Negotiated::dax`].
+    #[doc(alias = "dax_enabled")]
+    pub fn window_offered(&self) -> bool {
+        self.window.is_some()
+    }
+
+    /// Checks that the connected backend can serve the window; withdraws it or fails as the
+    /// fallback says (see [`Fs::connect`]).
+    fn decide_window(&mut self) -> Result<()> {
+        let (Some(conn), Some(_)) = (&self.conn, &self.window) else {
+            return Ok(());
+        };
+        let dialect = self.session_cfg.dialect;
+        let missing = conn.dax_missing(dialect);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        match self.session_cfg.dax_fallback {
+            DaxFallback::Fail => {
+                self.conn = None;
+                Err(Error::Session(frontend::Error::DaxUnsupported {
+                    missing,
+                    dialect,
+                }))
+            }
+            // The guest may know the window: keep it; the session starts without DAX.
+            DaxFallback::Disable if self.window_seen => Ok(()),
+            DaxFallback::Disable => self.withdraw_window(missing),
+        }
+    }
+
+    /// Takes the window out of the VMM (memory slot first, then the IO space) and drops it.
+    fn withdraw_window(&mut self, missing: VhostUserProtocolFeatures) -> Result<()> {
+        if let (Some(mm), Some(region)) =
+            (&self.memory, self.window_gpa.and_then(|g| self.region(g)))
+        {
+            mm.unregister_window(&region)
+                .map_err(|source| Error::Memory {
+                    gpa: region.gpa,
+                    source,
+                })?;
+        }
+        if let (Some(io), Some(gpa)) = (&self.io, self.window_gpa) {
+            io.remove_window(gpa);
+        }
+        log::warn!(
+            "{}: the backend lacks {missing:?} for DAX ({:?} dialect): the window is withdrawn",
+            self.session_cfg.name,
+            self.session_cfg.dialect
+        );
+        self.window = None;
+        self.window_gpa = None;
+        self.session_cfg.dax = false;
+        self.withdrawn = Some(missing);
         Ok(())
     }
 
@@ -546,6 +691,17 @@ impl Fs {
     /// Drops the session with a dead backend and sets up a new one with a (restarted) backend:
     /// renegotiates, resends the memory table, the vrings (starting where the used rings are) and
     /// a fresh backend channel. Every mapping is dropped first: the new backend inherits none.
+    ///
+    /// The guest's driver keeps the shared memory regions it probed, so the window does not
+    /// change with the backend:
+    ///
+    /// - Window offered, new backend cannot serve it: with [`DaxFallback::Fail`] the reconnect
+    ///   fails with [`frontend::Error::DaxUnsupported`] (the device stays without a session;
+    ///   reconnect again once a capable backend is back). With [`DaxFallback::Disable`] the
+    ///   session starts without DAX: the window stays offered and empty, every map request is
+    ///   refused (the guest's FUSE_SETUPMAPPING fails), with a warning and
+    ///   [`FsMetrics::sessions_without_dax`] counting it.
+    /// - Window withdrawn at connect: a backend that can serve DAX does not bring it back.
     pub fn reconnect(&mut self) -> Result<()> {
         if self.active.is_none() {
             return Err(Error::NotActivated);
@@ -615,6 +771,10 @@ impl Fs {
         );
         match session {
             Ok(session) => {
+                if self.window.is_some() && !session.negotiated().dax {
+                    // The guest sees a window this backend cannot serve (warned by the session).
+                    FsMetrics::add(&self.metrics.sessions_without_dax, 1);
+                }
                 self.session = Some(session);
                 Ok(())
             }
@@ -659,6 +819,12 @@ impl Fs {
     /// Restores the acked features from `snap` and returns its queue states, for the VMM to
     /// rebuild the queues and [`VirtioDevice::activate`]. The configuration must match this
     /// device's (same tag and queue count).
+    ///
+    /// The restored guest knows the shared memory regions of the device it was saved from, and
+    /// the snapshot does not record them: build the device with the same window size and
+    /// connect it to a backend that can serve the window (or use [`DaxFallback::Fail`]), so that
+    /// [`Fs::connect`] does not withdraw a window the guest uses. After `restore`, the window
+    /// is never withdrawn.
     pub fn restore(&mut self, snap: &FsSnapshot) -> Result<Vec<QueueState>> {
         if snap.config != vm_memory::ByteValued::as_slice(&self.config) {
             return Err(Error::BadSnapshot("configuration differs"));
@@ -667,6 +833,7 @@ impl Fs {
             return Err(Error::BadSnapshot("queue count differs"));
         }
         self.acked_features = snap.acked_features & self.features();
+        self.window_seen = true;
         Ok(snap.queues.clone())
     }
 }
@@ -814,6 +981,8 @@ impl VirtioDevice for Fs {
                 expected: self.queue_sizes.len(),
             });
         }
+        // The driver read the shared memory regions before DRIVER_OK.
+        self.window_seen = true;
         let io = match &self.io {
             Some(io) => io.clone(),
             None => {
@@ -863,7 +1032,18 @@ impl VirtioDevice for Fs {
             .collect()
     }
 
+    /// Places (or moves) the window at `gpa` and registers it with the [`MemoryManager`] (the
+    /// old place unregistered first). After [`Fs::connect`] withdrew the window it fails with
+    /// [`Error::WindowWithdrawn`] and registers nothing: expose no region (build the transport
+    /// from [`VirtioDevice::shm_regions`] after `connect`, and skip this call when it is empty).
     fn set_shm_base(&mut self, id: u8, gpa: u64) -> Result<()> {
+        if let (VIRTIO_FS_SHMCAP_ID_CACHE, Some(missing)) = (id, self.withdrawn) {
+            return Err(Error::WindowWithdrawn {
+                id,
+                missing,
+                dialect: self.session_cfg.dialect,
+            });
+        }
         let bad = Error::ShmBase { id, gpa };
         if id != VIRTIO_FS_SHMCAP_ID_CACHE || gpa % (2 << 20) != 0 {
             return Err(bad);

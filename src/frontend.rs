@@ -4,11 +4,19 @@
 //! The vhost-user session with the backend (vhost 0.18 `Frontend`): connect with bounded retry,
 //! feature and protocol-feature negotiation, memory table, vrings, and the backend channel.
 //!
-//! Order of a session, as [`Session::start`] runs it: `SET_OWNER`, `GET_FEATURES`,
-//! `GET_PROTOCOL_FEATURES`, `SET_PROTOCOL_FEATURES`, (`GET_QUEUE_NUM` when MQ), `SET_FEATURES`,
-//! `SET_MEM_TABLE` (guest RAM only, never the DAX window), per queue `SET_VRING_NUM`,
-//! `SET_VRING_ADDR`, `SET_VRING_BASE`, `SET_VRING_CALL`, `SET_VRING_KICK`, `SET_VRING_ENABLE`,
-//! and last `SET_BACKEND_REQ_FD` with the backend's end of a fresh backend channel.
+//! Order of a session: [`Connection::open`] sends `SET_OWNER`, `GET_FEATURES` and, when the
+//! backend offers `VHOST_USER_F_PROTOCOL_FEATURES`, `GET_PROTOCOL_FEATURES` (so a device can tell
+//! whether the backend can serve its DAX window before the guest ever sees it); then
+//! [`Session::start`] sends `GET_PROTOCOL_FEATURES` again (the answer it negotiates from),
+//! `SET_PROTOCOL_FEATURES`, (`GET_QUEUE_NUM` when MQ), `SET_FEATURES`, `SET_MEM_TABLE` (guest RAM
+//! only, never the DAX window), per queue `SET_VRING_NUM`, `SET_VRING_ADDR`, `SET_VRING_BASE`,
+//! `SET_VRING_CALL`, `SET_VRING_KICK`, `SET_VRING_ENABLE`, and last `SET_BACKEND_REQ_FD` with the
+//! backend's end of a fresh backend channel.
+//!
+//! `GET_PROTOCOL_FEATURES` before `SET_FEATURES` is what the vhost-user spec and QEMU do; vhost's
+//! `Frontend` only checks that `GET_FEATURES` offered `VHOST_USER_F_PROTOCOL_FEATURES`, and the
+//! request changes none of its negotiation state (it only caches the answer), so asking twice on
+//! one connection is harmless.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -140,12 +148,17 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// What to do when the backend cannot serve the DAX window in the configured dialect.
+///
+/// A device ([`crate::Fs`]) decides at [`crate::Fs::connect`], before the guest can see the
+/// window; a session decides again when it starts ([`Session::start`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DaxFallback {
-    /// Fail activation with [`Error::DaxUnsupported`].
+    /// Fail with [`Error::DaxUnsupported`]: at connect, at activation and at reconnect.
     #[default]
     Fail,
-    /// Go on without DAX: no backend channel, the window stays empty.
+    /// Go on without DAX. At connect, the device withdraws its window (the guest never sees
+    /// one); a session whose window the guest already saw starts without DAX: the window stays
+    /// empty and every map request is refused.
     Disable,
 }
 
@@ -230,38 +243,72 @@ pub struct VringSetup<'a> {
     pub call: &'a EventFd,
 }
 
-/// A connected backend: `SET_OWNER` done, virtio features known. virtiofsd serves one
-/// connection and exits when it closes, so the connection made to learn the features is the
+/// A connected backend: `SET_OWNER` done, virtio and protocol features known. virtiofsd serves
+/// one connection and exits when it closes, so the connection made to learn the features is the
 /// one the session then uses.
 pub struct Connection {
     frontend: Frontend,
     backend_features: u64,
+    backend_protocol: Option<VhostUserProtocolFeatures>,
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("backend_features", &self.backend_features)
+            .field("backend_protocol", &self.backend_protocol)
             .finish_non_exhaustive()
     }
 }
 
 impl Connection {
-    /// Connects (with the configured bounded retry), sends `SET_OWNER` and reads the backend's
-    /// virtio features.
+    /// Connects (with the configured bounded retry), sends `SET_OWNER`, reads the backend's
+    /// virtio features and, when it offers `VHOST_USER_F_PROTOCOL_FEATURES`, its protocol
+    /// features (`GET_PROTOCOL_FEATURES`; nothing is acked yet, [`Session::start`] does that).
     pub fn open(cfg: &SessionConfig, max_queues: u64) -> Result<Connection> {
-        let frontend = connect(cfg, max_queues)?;
+        let mut frontend = connect(cfg, max_queues)?;
         frontend.set_owner().map_err(Error::SetOwner)?;
         let backend_features = frontend.get_features().map_err(Error::GetFeatures)?;
+        let backend_protocol = if backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            Some(
+                frontend
+                    .get_protocol_features()
+                    .map_err(Error::GetProtocolFeatures)?,
+            )
+        } else {
+            None
+        };
         Ok(Connection {
             frontend,
             backend_features,
+            backend_protocol,
         })
     }
 
     /// The virtio features the backend offers.
     pub fn backend_features(&self) -> u64 {
         self.backend_features
+    }
+
+    /// The protocol features the backend offers (its last answer to `GET_PROTOCOL_FEATURES`),
+    /// or `None` when it does not offer `VHOST_USER_F_PROTOCOL_FEATURES`. Bits vhost does not
+    /// know are dropped.
+    pub fn backend_protocol_features(&self) -> Option<VhostUserProtocolFeatures> {
+        self.backend_protocol
+    }
+
+    /// The protocol features of [`dax_protocol_features`]`(dialect)` this backend does not
+    /// offer (all of them when it offers no protocol features): empty when it can serve a DAX
+    /// window in `dialect`.
+    ///
+    /// The legacy dialect has no feature bit of its own, so any backend with a backend channel
+    /// that passes file descriptors can serve it as far as this check knows, one that never
+    /// sends `FS_MAP` (virtiofsd 1.14) included.
+    pub fn dax_missing(&self, dialect: Dialect) -> VhostUserProtocolFeatures {
+        dax_protocol_features(dialect)
+            - self
+                .backend_protocol
+                .unwrap_or_else(VhostUserProtocolFeatures::empty)
     }
 }
 
@@ -338,6 +385,13 @@ impl Session {
     /// Runs the session setup on `conn`. `acked` are the virtio features the driver acked
     /// (without `VHOST_USER_F_PROTOCOL_FEATURES`). The backend channel, when DAX is on, serves
     /// `window` in the configured dialect with `io` for FS_IO.
+    ///
+    /// With a `window` (and [`SessionConfig::dax`]), the backend's answer to
+    /// `GET_PROTOCOL_FEATURES` is checked as [`Connection::dax_missing`] does. When it cannot serve
+    /// the window, [`DaxFallback::Fail`] fails with [`Error::DaxUnsupported`], and
+    /// [`DaxFallback::Disable`] starts the session without DAX (`SHMEM` not acked,
+    /// [`Negotiated::dax`] false): the backend channel, if any, serves no window and refuses
+    /// every map request.
     pub fn start(
         conn: Connection,
         cfg: &SessionConfig,
@@ -350,12 +404,16 @@ impl Session {
         let Connection {
             mut frontend,
             backend_features,
+            ..
         } = conn;
         if backend_features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
             return Err(Error::NoProtocolFeatures {
                 features: backend_features,
             });
         }
+        // Asked again rather than taken from the connection: a session negotiates from the
+        // backend's current answer, and every session sends the same requests, on a fresh
+        // connection or on one kept across a reset.
         let backend_protocol = frontend
             .get_protocol_features()
             .map_err(Error::GetProtocolFeatures)?;
@@ -364,6 +422,9 @@ impl Session {
         if dax_wanted {
             wanted |= dax_protocol_features(cfg.dialect);
         }
+        // The check the device makes at connect (`Connection::dax_missing`), made again on
+        // this answer: the device may have activated without connecting first, or the backend
+        // may have changed.
         let missing = if dax_wanted {
             dax_protocol_features(cfg.dialect) - backend_protocol
         } else {
@@ -378,9 +439,12 @@ impl Session {
                         dialect: cfg.dialect,
                     })
                 }
-                DaxFallback::Disable => {
-                    log::warn!("{}: backend lacks {missing:?}: DAX disabled", cfg.name)
-                }
+                DaxFallback::Disable => log::warn!(
+                    "{}: the backend lacks {missing:?} for DAX ({:?} dialect): this session \
+                     serves no window",
+                    cfg.name,
+                    cfg.dialect
+                ),
             }
         }
         if !dax {
@@ -422,6 +486,7 @@ impl Session {
             conn: Connection {
                 frontend,
                 backend_features,
+                backend_protocol: Some(backend_protocol),
             },
             negotiated: Negotiated {
                 backend_features,

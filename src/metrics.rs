@@ -13,6 +13,7 @@
 //! | `live_mappings` | mappings in the window now (gauge) |
 //! | `mapped_bytes` | bytes mapped in the window now (gauge) |
 //! | `requests` | messages received on the backend channel, refused ones included |
+//! | `sessions_without_dax` | sessions started without DAX while the guest sees the window (`DaxFallback::Disable`): it stays empty |
 //! | `refusals(reason)` | messages refused, by [`Refusal`] reason |
 //! | `map_latency()` | time from a map request's arrival to its reply ([`LatencyHistogram`]) |
 //!
@@ -93,6 +94,7 @@ pub struct FsMetrics {
     pub(crate) live_mappings: AtomicU64,
     pub(crate) mapped_bytes: AtomicU64,
     pub(crate) requests: AtomicU64,
+    pub(crate) sessions_without_dax: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
     map_latency: LatencyHistogram,
 }
@@ -134,6 +136,11 @@ impl FsMetrics {
     /// Messages received.
     pub fn requests(&self) -> u64 {
         self.requests.load(Relaxed)
+    }
+    /// Sessions started without DAX while the guest sees the window (see the module
+    /// documentation).
+    pub fn sessions_without_dax(&self) -> u64 {
+        self.sessions_without_dax.load(Relaxed)
     }
     /// Refusals for `reason`.
     pub fn refusals(&self, reason: Refusal) -> u64 {

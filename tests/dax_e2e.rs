@@ -76,6 +76,10 @@ fn device(socket: &Path, window: u64, dialect: Dialect) -> (Fs, FuseSession) {
         .unwrap();
     fs.set_shm_base(0, WIN_GPA).unwrap();
     fs.connect().unwrap();
+    assert!(
+        fs.window_offered(),
+        "decided at connect: this backend serves the window"
+    );
     fs.ack_features(fs.features());
     let s = common::activate_with_guest(&mut fs).expect("activate against dax-backend");
     assert!(fs.session().unwrap().negotiated().dax, "DAX negotiated");
@@ -327,4 +331,57 @@ fn standard_window_smaller_than_the_file() {
 #[test]
 fn legacy_window_smaller_than_the_file() {
     reclaim(Dialect::Legacy);
+}
+
+/// The window is offered after connect when the backend process can serve it in the device's
+/// dialect, and withdrawn (`DaxFallback::Disable`) when it cannot: a standard-dialect device
+/// against the backend in `--legacy` mode, which offers no SHMEM. The legacy dialect has no
+/// feature bit, so the standard-mode backend passes its check too.
+#[test]
+fn window_decided_at_connect() {
+    for (dialect, legacy_backend, offered) in [
+        (Dialect::Standard, false, true),
+        (Dialect::Legacy, true, true),
+        (Dialect::Legacy, false, true),
+        (Dialect::Standard, true, false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::write(shared.join("hello"), b"hello").unwrap();
+        let socket = dir.path().join("dax.sock");
+        let _backend = start_backend(&socket, &shared, legacy_backend);
+        let mut fs = Fs::builder("dax")
+            .socket_path(&socket)
+            .window_size(WINDOW)
+            .dialect(dialect)
+            .dax_fallback(virtio_fs_dax::frontend::DaxFallback::Disable)
+            .queue_size(128)
+            .build()
+            .unwrap();
+        fs.connect().unwrap();
+        let case = format!("{dialect:?} device, legacy backend {legacy_backend}");
+        assert_eq!(fs.window_offered(), offered, "{case}");
+        assert_eq!(fs.shm_regions().len(), usize::from(offered), "{case}");
+        if offered {
+            fs.set_shm_base(0, WIN_GPA).unwrap();
+        }
+        fs.ack_features(fs.features());
+        let mut s = common::activate_with_guest(&mut fs).expect("activate");
+        assert_eq!(fs.session().unwrap().negotiated().dax, offered, "{case}");
+        // FUSE is served either way.
+        s.init().expect("INIT");
+        let (nodeid, _) = s.lookup(FUSE_ROOT_ID, "hello").expect("LOOKUP");
+        let fh = s.open(nodeid, libc::O_RDONLY as u32).expect("OPEN");
+        assert_eq!(s.read(nodeid, fh, 0, 4096).expect("READ"), b"hello");
+        if !offered {
+            // The guest saw no window: had it asked anyway, nothing could be mapped.
+            let err = s
+                .setupmapping(nodeid, fh, 0, 2 * MIB, false, 0)
+                .expect_err("no window");
+            assert!(err.errno().is_some_and(|e| e < 0), "{err}");
+            assert_eq!(fs.metrics().live_mappings(), 0);
+        }
+        fs.reset();
+    }
 }

@@ -157,16 +157,15 @@ fn dax_needs_the_dialects_features() {
         ..Default::default()
     };
     let _server = TestBackendServer::start(&socket, config.clone()).unwrap();
-    let mut fs = device(&socket, Arc::new(FakeMemoryManager::new()));
-    let mem = GuestMemoryAtomic::new(guest_memory(8 << 20));
-    let err = fs
-        .activate(
-            mem.clone(),
-            Arc::new(CountingInterrupt::default()),
-            activate_queues(2, 128),
-        )
-        .unwrap_err();
+    let mut fs = Fs::builder("dax")
+        .socket_path(&socket)
+        .window_size(16 * MIB)
+        .queue_size(128)
+        .build()
+        .unwrap();
+    let err = fs.connect().unwrap_err();
     assert!(format!("{err:?}").contains("DaxUnsupported"), "{err:?}");
+    let mem = GuestMemoryAtomic::new(guest_memory(8 << 20));
 
     // ... but the legacy dialect needs no bit of its own.
     let socket = dir.path().join("legacy.sock");

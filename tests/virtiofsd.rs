@@ -2,7 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The device against a real virtiofsd process: handshake, protocol features, memory table,
-//! vrings, backend channel, then kill -9, restart and reconnect.
+//! vrings, backend channel, then kill -9, restart and reconnect; and the DAX window decided at
+//! connect (virtiofsd 1.14 cannot serve it).
 //!
 //! virtiofsd is found through `$VIRTIOFSD`, then `~/.local/virtio-fs-dax/bin/virtiofsd` (where
 //! `scripts/test.sh` installs it), then `PATH`. Without it these tests fail and say how to get it.
@@ -16,9 +17,9 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
 use vm_memory::GuestMemoryAtomic;
 
 use common::*;
-use virtio_fs_dax::device::VirtioDevice;
-use virtio_fs_dax::frontend::{DaxFallback, VIRTIO_F_VERSION_1};
-use virtio_fs_dax::Fs;
+use virtio_fs_dax::device::{Error, VirtioDevice};
+use virtio_fs_dax::frontend::{self, DaxFallback, VIRTIO_F_VERSION_1};
+use virtio_fs_dax::{Dialect, Fs};
 
 #[test]
 fn handshake_kill9_restart_reconnect() {
@@ -29,7 +30,8 @@ fn handshake_kill9_restart_reconnect() {
     let socket = dir.path().join("vfs.sock");
     let mut daemon = start_virtiofsd(&socket, &shared);
 
-    // A window, but virtiofsd has no DAX: with the Disable fallback the device goes on without.
+    // A window, but virtiofsd has no DAX: with the Disable fallback the device goes on without,
+    // and connect withdraws the window before a guest could see it.
     let mut fs = Fs::builder("myfs")
         .socket_path(&socket)
         .window_size(64 * MIB)
@@ -37,7 +39,18 @@ fn handshake_kill9_restart_reconnect() {
         .queue_size(256)
         .build()
         .unwrap();
+    assert_eq!(fs.shm_regions().len(), 1);
     fs.connect().unwrap();
+    assert!(!fs.window_offered());
+    assert!(
+        fs.shm_regions().is_empty(),
+        "no window for the guest to probe"
+    );
+    assert!(fs.userspace_mappings().is_empty());
+    assert!(matches!(
+        fs.set_shm_base(0, 1 << 34),
+        Err(Error::WindowWithdrawn { id: 0, .. })
+    ));
     let offered = fs.features();
     assert_ne!(offered & VIRTIO_F_VERSION_1, 0);
     fs.ack_features(offered);
@@ -74,13 +87,14 @@ fn handshake_kill9_restart_reconnect() {
     daemon.kill9();
     common::wait_backend_lost(&mut fs, Duration::from_secs(10), "kill -9");
     assert!(fs.backend_fd().is_none(), "the dead session is torn down");
-    assert_eq!(fs.window().unwrap().live_mappings(), 0);
     let _daemon = start_virtiofsd(&socket, &shared);
     fs.reconnect()
         .expect("reconnect to the restarted virtiofsd");
     let n2 = fs.session().unwrap().negotiated();
     assert_eq!(n2.protocol, n.protocol, "same negotiation after reconnect");
     assert!(!fs.check_backend());
+    assert!(fs.shm_regions().is_empty(), "still no window");
+    assert_eq!(fs.metrics().sessions_without_dax(), 0);
 
     // Reset keeps the connection for the next activation.
     assert!(fs.reset().is_some());
@@ -88,6 +102,54 @@ fn handshake_kill9_restart_reconnect() {
         .expect("activate again after reset");
 }
 
+#[test]
+fn dax_required_fails_at_connect_against_virtiofsd() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let socket = dir.path().join("vfs.sock");
+    let _daemon = start_virtiofsd(&socket, &shared);
+    let mut fs = Fs::builder("myfs")
+        .socket_path(&socket)
+        .window_size(64 * MIB)
+        .queue_size(256)
+        .build()
+        .unwrap();
+    match fs.connect() {
+        Err(Error::Session(frontend::Error::DaxUnsupported { missing, dialect })) => {
+            assert_eq!(missing, P::SHMEM, "virtiofsd 1.14 has all but SHMEM");
+            assert_eq!(dialect, Dialect::Standard);
+        }
+        other => panic!("a typed error before the guest sees the device: {other:?}"),
+    }
+    assert!(fs.window_offered(), "nothing changed on the device");
+}
+
+/// The legacy dialect has no feature bit: a backend channel that passes descriptors is all that
+/// can be checked, and virtiofsd 1.14 has one (it just never sends FS_MAP). The window is
+/// offered; the guest's SETUPMAPPING then fails in virtiofsd itself.
+#[test]
+fn legacy_dialect_cannot_tell_virtiofsd_has_no_dax() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let socket = dir.path().join("vfs.sock");
+    let _daemon = start_virtiofsd(&socket, &shared);
+    let mut fs = Fs::builder("myfs")
+        .socket_path(&socket)
+        .window_size(64 * MIB)
+        .dialect(Dialect::Legacy)
+        .dax_fallback(DaxFallback::Disable)
+        .queue_size(256)
+        .build()
+        .unwrap();
+    fs.connect().unwrap();
+    assert!(fs.window_offered());
+    assert_eq!(fs.shm_regions().len(), 1);
+}
+
+/// Activation without connect: the guest may have seen the window, so it stays; the session
+/// refuses on its own.
 #[test]
 fn dax_required_fails_against_virtiofsd() {
     let dir = tempfile::tempdir().unwrap();
