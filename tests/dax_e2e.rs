@@ -385,3 +385,40 @@ fn window_decided_at_connect() {
         fs.reset();
     }
 }
+
+/// A driver reset (a guest reboot) and a new driver on the same backend process and
+/// connection: the second driver's requests are served as the first's were, with mappings.
+#[test]
+fn a_new_driver_after_reset_is_served() {
+    for legacy in [false, true] {
+        let dialect = if legacy {
+            Dialect::Legacy
+        } else {
+            Dialect::Standard
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::write(shared.join("hello"), b"hello").unwrap();
+        let socket = dir.path().join("dax.sock");
+        let _backend = start_backend(&socket, &shared, legacy);
+        let (mut fs, mut s) = device(&socket, WINDOW, dialect);
+        for round in 0..2 {
+            if round > 0 {
+                fs.reset();
+                assert_eq!(fs.metrics().live_mappings(), 0, "{dialect:?}");
+                fs.ack_features(fs.features());
+                s = common::activate_with_guest(&mut fs).expect("activate again");
+            }
+            s.init().expect("INIT");
+            for _ in 0..3 {
+                let (nodeid, _) = s.lookup(FUSE_ROOT_ID, "hello").expect("LOOKUP");
+                let fh = s.open(nodeid, libc::O_RDONLY as u32).expect("OPEN");
+                assert_eq!(s.read(nodeid, fh, 0, 4096).expect("READ"), b"hello");
+                s.setupmapping(nodeid, fh, 0, 2 * MIB, false, 0)
+                    .expect("SETUPMAPPING");
+                s.removemapping(&[(0, 2 * MIB)]).expect("REMOVEMAPPING");
+            }
+        }
+    }
+}
