@@ -20,6 +20,7 @@
 
 mod acpi;
 mod boot;
+mod mce;
 mod mmio;
 
 use std::fs::File;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use virtio_fs_dax::device::VirtioDevice;
+use virtio_fs_dax::frontend::DaxFallback;
 use virtio_fs_dax::memory::{MemoryManager, WindowRegion};
 use virtio_fs_dax::{Dialect, Fs};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
@@ -59,12 +61,13 @@ struct Args {
     fs: Vec<FsArg>,
 }
 
-/// `--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy]`
+/// `--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy][,fallback=fail|disable]`
 struct FsArg {
     tag: String,
     socket: String,
     window: u64,
     dialect: Dialect,
+    fallback: DaxFallback,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -84,6 +87,7 @@ fn parse_fs(spec: &str) -> Result<FsArg> {
         socket: String::new(),
         window: 0,
         dialect: Dialect::Standard,
+        fallback: DaxFallback::Fail,
     };
     for kv in spec.split(',') {
         let (k, v) = kv
@@ -98,6 +102,13 @@ fn parse_fs(spec: &str) -> Result<FsArg> {
                     "standard" => Dialect::Standard,
                     "legacy" => Dialect::Legacy,
                     _ => bail!("--fs: dialect {v} is neither standard nor legacy"),
+                }
+            }
+            "fallback" => {
+                fs.fallback = match v {
+                    "fail" => DaxFallback::Fail,
+                    "disable" => DaxFallback::Disable,
+                    _ => bail!("--fs: fallback {v} is neither fail nor disable"),
                 }
             }
             _ => bail!("--fs: unknown key {k}"),
@@ -313,6 +324,9 @@ impl Platform {
     }
 }
 
+/// Machine checks for unmapped window pages before the VMM gives up on the guest.
+const MAX_WINDOW_FAULTS: u64 = 1000;
+
 /// Runs one vCPU until the boot ends or the VMM stops it.
 fn vcpu_loop(mut vcpu: VcpuFd, id: u8, p: &Platform, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
@@ -334,12 +348,21 @@ fn vcpu_loop(mut vcpu: VcpuFd, id: u8, p: &Platform, stop: &AtomicBool) {
             Ok(VcpuExit::Shutdown) => Some(Event::Reboot),
             Ok(VcpuExit::MemoryFault { gpa, .. }) if p.in_window(gpa) => {
                 // The guest touched a window page that has no file behind it any more (its
-                // backend went away and the mappings were dropped). The access cannot complete;
-                // the vCPU cannot go on.
-                p.unmapped_window_faults.fetch_add(1, Ordering::Relaxed);
-                Some(Event::Fatal(format!(
-                    "vCPU {id} touched the DAX window at {gpa:#x}, where nothing is mapped"
-                )))
+                // backend went away and the mappings were dropped): the access cannot complete.
+                // Tell the guest the page failed (a machine check), as hardware would.
+                let n = p.unmapped_window_faults.fetch_add(1, Ordering::Relaxed) + 1;
+                eprintln!(
+                    "dax-vmm: vCPU {id} touched the DAX window at {gpa:#x}, where nothing is mapped: machine check injected ({n} so far)"
+                );
+                if n > MAX_WINDOW_FAULTS {
+                    Some(Event::Fatal(format!(
+                        "the guest touched unmapped window pages {n} times"
+                    )))
+                } else {
+                    mce::inject(&vcpu, gpa)
+                        .err()
+                        .map(|e| Event::Fatal(format!("vCPU {id}: {e:#}")))
+                }
             }
             Ok(other) => Some(Event::Fatal(format!(
                 "vCPU {id}: unexpected exit {other:?}"
@@ -421,6 +444,7 @@ fn boot(m: &Machine, boot_no: u32) -> Result<Event> {
     for id in 0..args.cpus {
         let vcpu = vm.create_vcpu(u64::from(id)).context("KVM_CREATE_VCPU")?;
         boot::setup_vcpu(kvm, &vcpu, id, args.cpus)?;
+        mce::setup(kvm, &vcpu)?;
         if id == 0 {
             boot::setup_boot_vcpu(&vcpu, mem, entry)?;
         }
@@ -482,6 +506,23 @@ fn watch_backends(platform: &Platform) {
     }
 }
 
+/// Connects to a backend that may still be starting: 50 attempts 100 ms apart.
+fn connect(fs: &mut Fs) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs.connect() {
+            Ok(()) => return Ok(()),
+            Err(virtio_fs_dax::device::Error::Session(
+                virtio_fs_dax::frontend::Error::Connect { .. },
+            )) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn run(args: Args) -> Result<u8> {
     let kvm = Kvm::new().context("opening /dev/kvm")?;
     let mem = guest_ram(args.mem_mib << 20)?;
@@ -504,14 +545,18 @@ fn run(args: Args) -> Result<u8> {
             .window_size(f.window)
             .queue_size(256)
             .dialect(f.dialect)
+            .dax_fallback(f.fallback)
+            // One attempt a call: the VMM's thread retries a lost backend on its own schedule.
+            .connect_retry(1, Duration::ZERO)
             // The Linux guest upgrades a read-only range to writable by mapping it again.
             .replace_exact(true)
             .memory_manager(memory.clone())
             .build()
             .with_context(|| format!("virtio-fs {}", f.tag))?;
-        fs.connect()
-            .with_context(|| format!("connecting to {}", f.socket))?;
-        if f.window > 0 {
+        // Before the guest can see the device: the device decides here whether it offers the
+        // window (a backend that cannot serve it, with fallback=disable, gets none).
+        connect(&mut fs).with_context(|| format!("connecting to {}", f.socket))?;
+        if fs.window_offered() {
             fs.set_shm_base(0, window_at)
                 .with_context(|| format!("placing the window of {}", f.tag))?;
             windows.push((window_at, f.window));
