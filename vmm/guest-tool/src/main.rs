@@ -6,7 +6,8 @@
 //! ```text
 //! vfd-guest mmap-write FILE OFFSET TEXT   store TEXT at OFFSET through mmap(MAP_SHARED), msync
 //! vfd-guest hold FILE                     map FILE, read every page through the mapping, print a
-//!                                         checksum, then keep it mapped until killed
+//!                                         checksum, then keep it mapped until killed; on SIGUSR1
+//!                                         read every page again and print the checksum
 //! vfd-guest bench seq FILE                read FILE twice in 1 MiB read()s: cold, then warm
 //! vfd-guest bench rand FILE COUNT         COUNT 4 KiB pread()s at random offsets, twice
 //! ```
@@ -18,6 +19,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 type Result<T> = std::result::Result<T, String>;
@@ -88,7 +90,9 @@ impl Drop for Mapping {
 }
 
 fn mmap_write(path: &str, offset: &str, text: &str) -> Result<()> {
-    let offset: u64 = offset.parse().map_err(|e| format!("offset {offset}: {e}"))?;
+    let offset: u64 = offset
+        .parse()
+        .map_err(|e| format!("offset {offset}: {e}"))?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -116,20 +120,38 @@ fn mmap_write(path: &str, offset: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
+static READ_AGAIN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    READ_AGAIN.store(true, Ordering::SeqCst);
+}
+
+fn checksum(map: &Mapping) -> u64 {
+    let page = page_size() as usize;
+    map.bytes()
+        .iter()
+        .step_by(page)
+        .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)))
+}
+
 fn hold(path: &str) -> Result<()> {
     let file = File::open(path).map_err(|e| format!("{path}: {e}"))?;
     let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
     let map = Mapping::new(&file, 0, len, false)?;
-    let page = page_size() as usize;
-    let sum = map
-        .bytes()
-        .iter()
-        .step_by(page)
-        .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
-    println!("hold: {} pages of {path} mapped, checksum {sum:#x}", len / page);
+    let pages = len / page_size() as usize;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t) };
+    println!(
+        "hold: {pages} pages of {path} mapped, checksum {:#x}",
+        checksum(&map)
+    );
     loop {
         // SAFETY: pause has no memory effects; the mapping stays until the process is killed.
         unsafe { libc::pause() };
+        if READ_AGAIN.swap(false, Ordering::SeqCst) {
+            println!("hold: reading the {pages} pages again");
+            println!("hold: read again, checksum {:#x}", checksum(&map));
+        }
     }
 }
 
