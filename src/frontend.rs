@@ -116,7 +116,8 @@ pub enum Error {
         /// The address.
         gpa: u64,
     },
-    /// Setting up vring `index` failed at `step`.
+    /// A request about vring `index` failed: one of setting it up, or stopping it at reset
+    /// (`GET_VRING_BASE`).
     #[error("queue {index}: {step} failed")]
     Vring {
         /// Queue index.
@@ -324,6 +325,8 @@ pub struct Session {
     teardown: Teardown,
     conn: Connection,
     negotiated: Negotiated,
+    /// Indices of the vrings the session started, stopped again by [`Session::reset`].
+    vrings: Vec<usize>,
 }
 
 /// What ending a session stops and drops, in that order; dropping it does both.
@@ -494,6 +497,7 @@ impl Session {
                 protocol,
                 dax,
             },
+            vrings: vrings.iter().map(|v| v.index).collect(),
         };
         if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
             let (ours, theirs) = UnixStream::pair().map_err(Error::BackendChannel)?;
@@ -578,13 +582,36 @@ impl Session {
     }
 
     /// Ends the session: stops and joins the backend channel thread, ends the window's
-    /// generation (every mapping dropped), and, when negotiated, asks the backend to reset
-    /// (`RESET_DEVICE`), waiting at most [`SessionConfig::shutdown_timeout`] for its answer.
-    /// Returns the connection for the next activation; a backend that failed or timed out
-    /// `RESET_DEVICE` is an error, and its connection is dropped.
+    /// generation (every mapping dropped), stops every vring (`GET_VRING_BASE`) and, when
+    /// negotiated, asks the backend to reset (`RESET_DEVICE`), waiting at most
+    /// [`SessionConfig::shutdown_timeout`] for each answer. Returns the connection for the next
+    /// activation; a backend that failed or timed out is an error, and its connection is
+    /// dropped.
+    ///
+    /// Stopping the rings is what tells a backend without `RESET_DEVICE` that the driver is gone:
+    /// without it the backend goes on serving the old rings (in memory the next driver reuses),
+    /// and one that keeps its kick eventfd registered while the next session hands it the same
+    /// eventfd again (a VMM's transport keeps its eventfds across resets) watches it twice
+    /// (vhost-user-backend 0.22 then stops its ring thread at the second wakeup).
     pub fn reset(mut self) -> Result<Connection> {
         self.teardown.stop();
         let shutdown_timeout = self.teardown.timeout;
+        for &index in &self.vrings {
+            bounded(&self.conn.frontend, shutdown_timeout, move |f| {
+                f.get_vring_base(index).map(|_| ())
+            })
+            .map_err(|e| match e {
+                Bounded::Failed(source) => Error::Vring {
+                    index,
+                    step: "GET_VRING_BASE",
+                    source,
+                },
+                Bounded::TimedOut => Error::ResetTimeout(shutdown_timeout),
+                Bounded::Spawn(e) => Error::ResetDevice(vhost::Error::VhostUserProtocol(
+                    vhost::vhost_user::Error::SocketError(e),
+                )),
+            })?;
+        }
         if self
             .negotiated
             .protocol
@@ -620,37 +647,61 @@ impl Drop for Teardown {
     }
 }
 
-/// Sends `RESET_DEVICE` and waits at most `timeout` for the backend's answer. vhost's
-/// `Frontend` waits for a reply without a bound (and spins on `EAGAIN`, so a socket timeout does
-/// not help), so the request runs on a short-lived thread; past the bound the socket is shut
-/// down, which makes that thread's wait fail and end, and the connection is given up.
-fn reset_device_within(frontend: &Frontend, timeout: Duration) -> Result<()> {
+/// Why a request with a bounded wait did not succeed.
+enum Bounded {
+    /// The backend answered with an error.
+    Failed(vhost::Error),
+    /// No answer within the bound; the connection was shut down.
+    TimedOut,
+    /// The waiting thread could not be spawned.
+    Spawn(io::Error),
+}
+
+/// Runs `request` on `frontend` and waits at most `timeout` for it. vhost's `Frontend` waits
+/// for a reply without a bound (and spins on `EAGAIN`, so a socket timeout does not help), so
+/// the request runs on a short-lived thread; past the bound the socket is shut down, which makes
+/// that thread's wait fail and end, and the connection is given up.
+fn bounded<F>(
+    frontend: &Frontend,
+    timeout: Duration,
+    request: F,
+) -> std::result::Result<(), Bounded>
+where
+    F: FnOnce(&mut Frontend) -> vhost::Result<()> + Send + 'static,
+{
     // Read before the request: `as_raw_fd` takes the lock the waiting request holds.
     let fd = frontend.as_raw_fd();
     let mut f = frontend.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = thread::Builder::new()
-        .name("vhost-user-reset".into())
+        .name("vhost-user-stop".into())
         .spawn(move || {
-            let _ = tx.send(f.reset_device());
+            let _ = tx.send(request(&mut f));
         })
-        .map_err(|e| {
-            Error::ResetDevice(vhost::Error::VhostUserProtocol(
-                vhost::vhost_user::Error::SocketError(e),
-            ))
-        })?;
+        .map_err(Bounded::Spawn)?;
     match rx.recv_timeout(timeout) {
         Ok(res) => {
             let _ = thread.join();
-            res.map_err(Error::ResetDevice)
+            res.map_err(Bounded::Failed)
         }
         Err(_) => {
             // SAFETY: shutdown(2) on the descriptor `frontend` owns, which stays open while it
             // is borrowed here; shutdown does not close or reuse it, it only ends the stream.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-            Err(Error::ResetTimeout(timeout))
+            Err(Bounded::TimedOut)
         }
     }
+}
+
+/// Sends `RESET_DEVICE` and waits at most `timeout` for the backend's answer ([`bounded`]).
+fn reset_device_within(frontend: &Frontend, timeout: Duration) -> Result<()> {
+    bounded(frontend, timeout, |f| f.reset_device()).map_err(|e| match e {
+        Bounded::Failed(e) => Error::ResetDevice(e),
+        Bounded::TimedOut => Error::ResetTimeout(timeout),
+        Bounded::Spawn(e) => Error::ResetDevice(vhost::Error::VhostUserProtocol(
+            vhost::vhost_user::Error::SocketError(e),
+        )),
+    })
 }
 
 fn setup_vring(frontend: &mut Frontend, mem: &GuestMemoryMmap, v: &VringSetup<'_>) -> Result<()> {

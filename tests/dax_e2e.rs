@@ -16,6 +16,7 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{perms_at, PeerProcess, MIB};
@@ -23,6 +24,7 @@ use virtio_fs_dax::device::VirtioDevice;
 use virtio_fs_dax::test_utils::guest::fuse::FUSE_ROOT_ID;
 use virtio_fs_dax::test_utils::{guest_read, guest_write, FuseSession};
 use virtio_fs_dax::{Dialect, Fs};
+use vm_memory::GuestMemoryAtomic;
 
 const WIN_GPA: u64 = 1 << 34;
 const WINDOW: u64 = 64 * MIB;
@@ -388,8 +390,20 @@ fn window_decided_at_connect() {
 
 /// A driver reset (a guest reboot) and a new driver on the same backend process and
 /// connection: the second driver's requests are served as the first's were, with mappings.
+/// `same_eventfds`: the new driver comes through the same kick and call eventfds, as a VMM's
+/// transport keeps them across resets (dax-backend offers no RESET_DEVICE: the device must stop
+/// the rings itself, or the backend goes on with the old ones).
 #[test]
 fn a_new_driver_after_reset_is_served() {
+    new_driver_after_reset(false);
+}
+
+#[test]
+fn a_new_driver_on_the_same_eventfds_after_reset_is_served() {
+    new_driver_after_reset(true);
+}
+
+fn new_driver_after_reset(same_eventfds: bool) {
     for legacy in [false, true] {
         let dialect = if legacy {
             Dialect::Legacy
@@ -408,7 +422,15 @@ fn a_new_driver_after_reset_is_served() {
                 fs.reset();
                 assert_eq!(fs.metrics().live_mappings(), 0, "{dialect:?}");
                 fs.ack_features(fs.features());
-                s = common::activate_with_guest(&mut fs).expect("activate again");
+                if same_eventfds {
+                    s.restart().unwrap();
+                    let mem = GuestMemoryAtomic::new(s.queue().memory().clone());
+                    let irq = Arc::new(common::CountingInterrupt::default());
+                    fs.activate(mem, irq, s.activate_queues().unwrap())
+                        .expect("activate again");
+                } else {
+                    s = common::activate_with_guest(&mut fs).expect("activate again");
+                }
             }
             s.init().expect("INIT");
             for _ in 0..3 {

@@ -247,6 +247,21 @@ impl SplitQueueDriver {
         })
     }
 
+    /// A new driver on the same queue, as after a device reset: the rings zeroed and the
+    /// driver's state back to the start, the kick and call eventfds kept (drained), as a VMM's
+    /// transport keeps its eventfds across resets.
+    pub fn restart(&mut self) -> Result<()> {
+        self.mem
+            .write_slice(&vec![0u8; Self::footprint(self.size) as usize], self.desc)?;
+        self.free = (0..self.size).rev().collect();
+        self.chains = vec![None; usize::from(self.size)];
+        self.next_avail = 0;
+        self.last_used = 0;
+        let _ = self.kick.read();
+        let _ = self.call.read();
+        Ok(())
+    }
+
     /// The guest memory the queue lives in.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
@@ -931,6 +946,29 @@ impl FuseSession {
     pub fn with_hiprio(mut self, hiprio: SplitQueueDriver) -> Self {
         self.hiprio = Some(hiprio);
         self
+    }
+
+    /// What the driver tells the device at `DRIVER_OK`: the high priority queue as queue 0 when
+    /// there is one, then the request queue.
+    pub fn activate_queues(&self) -> Result<Vec<ActivateQueue>> {
+        let mut queues = Vec::new();
+        if let Some(h) = &self.hiprio {
+            queues.push(h.activate_queue(0)?);
+        }
+        queues.push(self.queue.activate_queue(queues.len())?);
+        Ok(queues)
+    }
+
+    /// A new driver instance on the same queues and eventfds ([`SplitQueueDriver::restart`]),
+    /// as after a device reset; [`FuseSession::init`] again before any other request.
+    pub fn restart(&mut self) -> Result<()> {
+        self.queue.restart()?;
+        if let Some(h) = &mut self.hiprio {
+            h.restart()?;
+        }
+        self.unique = 0;
+        self.init = None;
+        Ok(())
     }
 
     /// The request queue's driver.
