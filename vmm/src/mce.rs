@@ -52,8 +52,8 @@ pub fn setup(kvm: &Kvm, vcpu: &VcpuFd) -> Result<()> {
     if ret < 0 {
         return Err(std::io::Error::last_os_error()).context("KVM_X86_GET_MCE_CAP_SUPPORTED");
     }
-    let banks = (supported & 0xff).min(BANKS);
-    let cap = (supported & (MCG_CTL_P | MCG_SER_P)) | banks;
+    // The supported capabilities carry no bank count: KVM takes up to 32.
+    let cap = (supported & (MCG_CTL_P | MCG_SER_P)) | BANKS;
     // SAFETY: KVM_X86_SETUP_MCE reads one u64 from `cap`, which outlives the call; the return
     // value is checked.
     let ret = unsafe { ioctl_with_ref(vcpu, KVM_X86_SETUP_MCE(), &cap) };

@@ -258,6 +258,7 @@ impl FsBackend {
                 .first()
                 .filter(|d| !d.is_write_only() && d.len() >= 8)
                 .and_then(|d| mem.read_obj::<u32>(d.addr().checked_add(4)?).ok());
+            debug!("request head {head} opcode {opcode:?}");
             let reader = Reader::from_descriptor_chain(&*mem, chain.clone())
                 .map_err(|e| io::Error::other(format!("reader: {e}")))?;
             let writer = VirtioFsWriter::new(&*mem, chain)
@@ -288,6 +289,7 @@ impl FsBackend {
             used_any = true;
         }
         if used_any {
+            debug!("signalling used buffers");
             vring.signal_used_queue()?;
         }
         Ok(used_any)
@@ -495,6 +497,7 @@ impl VhostUserBackendMut for FsBackend {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }
         let idx = device_event as usize;
+        debug!("event on queue {idx}");
         let vring = vrings
             .get(idx)
             .ok_or_else(|| io::Error::other(format!("unknown device event {device_event}")))?;
