@@ -59,10 +59,13 @@ cargo run --release --example demo -- --rounds 200
 step "real guest: dax-vmm boots Linux, which mounts with dax=always (KVM directly, or nested in QEMU TCG)"
 (cd vmm && cargo fmt -- --check && cargo clippy --release --locked -- "${CLIPPY_FLAGS[@]}" &&
     cargo build --release --locked)
+(cd vmm/guest-tool && cargo fmt -- --check &&
+    cargo clippy --release --locked -- "${CLIPPY_FLAGS[@]}" && cargo build --release --locked)
 # One L1 boot for all of it where the route is nested: the KVM check, a plain boot, and the DAX
-# mount against the dax-backend process in both dialects.
+# mount against the dax-backend process in both dialects (each with a reboot; the standard one
+# also with the backend killed and restarted), and against virtiofsd.
 bash scripts/with-kvm.sh bash -c 'python3 scripts/kvm-check.py && bash vmm/scripts/boot-smoke.sh &&
-    bash vmm/scripts/dax-smoke.sh && VFD_DIALECT=legacy bash vmm/scripts/dax-smoke.sh &&
+    VFD_KILL=1 bash vmm/scripts/dax-smoke.sh && VFD_DIALECT=legacy bash vmm/scripts/dax-smoke.sh &&
     VFD_BACKEND=virtiofsd bash vmm/scripts/dax-smoke.sh'
 
 step "miri (the decoder and the range bookkeeping)"

@@ -368,6 +368,17 @@ fn vcpu_loop(mut vcpu: VcpuFd, id: u8, p: &Platform, stop: &AtomicBool) {
                 "vCPU {id}: unexpected exit {other:?}"
             ))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) if e.errno() == libc::EFAULT && !p.windows.is_empty() => {
+                // A kernel without KVM_EXIT_MEMORY_FAULT (before 6.8) gives no address: most
+                // likely a window page whose mapping was dropped (every other page of the guest
+                // is RAM). The access cannot complete and the VMM cannot say which page failed:
+                // reset the guest, as a machine would on an unrecoverable memory error.
+                let n = p.unmapped_window_faults.fetch_add(1, Ordering::Relaxed) + 1;
+                eprintln!(
+                    "dax-vmm: vCPU {id} touched guest memory with nothing behind it (a DAX window page whose mapping was dropped); the kernel gave no address: resetting the guest ({n} so far)"
+                );
+                Some(Event::Reboot)
+            }
             Err(e) => Some(Event::Fatal(format!("vCPU {id}: KVM_RUN: {e}"))),
         };
         if let Some(event) = event {
