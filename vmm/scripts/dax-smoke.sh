@@ -2,21 +2,28 @@
 # Copyright 2026 The virtio-fs-dax Authors
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 #
-# A real Linux guest mounts a virtio-fs tag with `-o dax=always` through dax-vmm (virtio-mmio)
-# and the dax-backend process, reads every file of a sample tree through the DAX window and
-# checks its sha256 against the host's (one file is larger than the window, so the guest's
-# range reclaim runs), writes into a range it first mapped read-only (the guest's writable
-# upgrade) and creates a file; the host checks both writes and the VMM's counters. Run it where /dev/kvm boots
-# Linux: `bash scripts/with-kvm.sh bash vmm/scripts/dax-smoke.sh` from the repository.
+# A real Linux guest (two vCPUs) mounts a virtio-fs tag with `-o dax=always` through dax-vmm
+# (virtio-mmio) and the dax-backend process. First boot: it reads every file of a sample tree
+# through the DAX window and checks its sha256 against the host's (one file is larger than the
+# window, so the guest's range reclaim runs), writes into a range it first mapped read-only (the
+# guest's writable upgrade), stores through mmap(MAP_SHARED) + msync, creates a file, then
+# reboots while a process holds a file mapped. Second boot: no mapping survived the reset, the
+# guest mounts again and reads the tree again; with VFD_KILL=1 the host kills the backend while
+# the guest holds ranges mapped and starts it again, and the guest says what it sees. The host
+# checks every write and the VMM's counters. Run it where /dev/kvm boots Linux:
+# `bash scripts/with-kvm.sh bash vmm/scripts/dax-smoke.sh` from the repository.
 #   VFD_DIALECT=standard|legacy (default standard)
-#   VFD_BACKEND=virtiofsd: against virtiofsd instead (no DAX): the device has no window, the guest
-#   says so, `dax=always` is refused, and a plain mount reads and writes.
+#   VFD_KILL=1: kill and restart the backend in the second boot.
+#   VFD_BACKEND=virtiofsd: against virtiofsd instead (no DAX), one boot: the device is configured
+#   with a window and `fallback=disable`, so it finds out at connect that virtiofsd cannot serve
+#   it and offers none; the guest says so, `dax=always` is refused, a plain mount reads and writes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 vmm=${DAX_VMM:-vmm/target/release/dax-vmm}
 backend=${DAX_BACKEND:-peers/dax-backend/target/release/dax-backend}
 [ "${VFD_BACKEND:-}" = virtiofsd ] && backend=${VIRTIOFSD:-$HOME/.local/virtio-fs-dax/bin/virtiofsd}
-for b in "$vmm" "$backend"; do
+tool=${VFD_GUEST_TOOL:-vmm/guest-tool/target/release/vfd-guest}
+for b in "$vmm" "$backend" "$tool"; do
     [ -x "$b" ] || { echo "dax-smoke: $b is not built" >&2; exit 2; }
 done
 kdir=${VFD_KERNEL_DIR:?run through scripts/with-kvm.sh, which sets VFD_KERNEL_DIR}
@@ -27,6 +34,8 @@ dialect=${VFD_DIALECT:-standard}
 work=$(mktemp -d)
 cleanup() {
     [ -n "${bpid:-}" ] && kill "$bpid" 2>/dev/null || true
+    [ -n "${watcher:-}" ] && kill "$watcher" 2>/dev/null || true
+    pkill -f -- "--socket-path $work/dax.sock" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -40,11 +49,14 @@ head -c $((5 << 20)) /dev/urandom >"$shared/sub/five-mib"
 head -c $((48 << 20)) /dev/urandom >"$shared/sub/larger-than-window"
 printf 'hello from the host\n' >"$shared/hello"
 head -c 8192 /dev/zero | tr '\0' a >"$shared/patch"
+head -c 65536 /dev/zero | tr '\0' m >"$shared/mmapped"
+head -c 3000 /dev/urandom >"$shared/unread-until-restart"
 
 # The guest's initramfs: busybox, the virtio-mmio and virtiofs modules, and the checks.
 root=$work/root
-mkdir -p "$root"/{bin,dev,proc,sys,mnt,mods}
+mkdir -p "$root"/{bin,dev,proc,sys,mnt,mods,tmp}
 cp /bin/busybox "$root/bin/busybox"
+cp "$tool" "$root/bin/vfd-guest"
 : >"$root/mods/order"
 for m in virtio_ring virtio virtio_mmio fuse virtiofs; do
     f=$(find "$moddir/kernel" -name "$m.ko" | head -n1)
@@ -52,11 +64,15 @@ for m in virtio_ring virtio virtio_mmio fuse virtiofs; do
     cp "$f" "$root/mods/$m.ko"
     echo "$m" >>"$root/mods/order"
 done
-(cd "$shared" && find . -type f | sort | xargs sha256sum) >"$root/expected"
+(cd "$shared" && find . -type f ! -name unread-until-restart | sort | xargs sha256sum) >"$root/expected"
+[ "${VFD_KILL:-}" = 1 ] && : >"$root/kill"
 window=32M
+fsopts=""
+dax=1
 if [ "${VFD_BACKEND:-}" = virtiofsd ]; then
     : >"$root/nodax"
-    window=0
+    fsopts=",fallback=disable"
+    dax=0
 fi
 cat >"$root/init" <<'INIT'
 #!/bin/busybox sh
@@ -67,6 +83,9 @@ mount -t devtmpfs dev /dev
 report() { printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null; sleep 5; }
 fail() { echo "guest: FAIL: $*"; report 1; }
 for m in $(cat /mods/order); do insmod /mods/$m.ko || fail "insmod $m"; done
+boot=$(sed -n 's/.*vfd\.boot=\([0-9]*\).*/\1/p' /proc/cmdline)
+echo "guest: boot $boot, $(grep -c ^processor /proc/cpuinfo) CPUs"
+[ "$(grep -c ^processor /proc/cpuinfo)" = 2 ] || fail "the guest does not see two CPUs"
 dmesg | grep -i "virtio_fs\|virtiofs\|Cache len\|cache capability" | sed 's/^/guest: dmesg: /'
 if [ -e /nodax ]; then
     dmesg | grep -q "No cache capability" || fail "the guest did not report a device without a window"
@@ -79,12 +98,60 @@ else
     grep " /mnt " /proc/mounts | grep -q "dax=always" || fail "/proc/mounts has no dax=always"
 fi
 grep " /mnt " /proc/mounts | sed 's/^/guest: mount: /'
-(cd /mnt && sha256sum -c /expected) | sed 's/^/guest: /'
-(cd /mnt && sha256sum -c -s /expected) || fail "a file read through DAX differs from the host's"
-# The patch file was mapped read-only by the read above; writing into it upgrades the range.
-printf GUEST | dd of=/mnt/patch bs=1 seek=4096 conv=notrunc 2>/dev/null || fail "write into a mapped file"
-echo "written by the guest" >/mnt/from-guest || fail "write"
-sync
+if [ "$boot" = 0 ]; then
+    cp /expected /tmp/expected
+else
+    # The first boot wrote into these two: what it wrote must have survived the reboot.
+    grep -v "patch\|mmapped" /expected >/tmp/expected
+    [ "$(dd if=/mnt/patch bs=1 skip=4096 count=5 2>/dev/null)" = GUEST ] ||
+        fail "the first boot's write is not there after the reboot"
+    grep -q STORED-THROUGH-MMAP /mnt/mmapped || fail "the first boot's store is not there after the reboot"
+    echo "guest: the first boot's writes are there"
+fi
+(cd /mnt && sha256sum -c /tmp/expected) | sed 's/^/guest: /'
+(cd /mnt && sha256sum -c -s /tmp/expected) || fail "a file read through DAX differs from the host's"
+if [ "$boot" = 0 ]; then
+    # The patch file was mapped read-only by the read above; writing into it upgrades the range.
+    printf GUEST | dd of=/mnt/patch bs=1 seek=4096 conv=notrunc 2>/dev/null || fail "write into a mapped file"
+    echo "written by the guest" >/mnt/from-guest || fail "write"
+    vfd-guest mmap-write /mnt/mmapped 8192 STORED-THROUGH-MMAP | sed 's/^/guest: /'
+    grep -q STORED-THROUGH-MMAP /mnt/mmapped || fail "a store through mmap is not in the file"
+    sync
+    if [ ! -e /nodax ]; then
+        # Reboot with a file mapped: the reset must drop every mapping, and the guest mount again.
+        vfd-guest hold /mnt/sub/five-mib &
+        sleep 2
+        echo "guest: rebooting with files mapped"
+        reboot -f
+        sleep 30
+        fail "reboot did not happen"
+    fi
+elif [ -e /kill ] && [ "$boot" = 1 ]; then
+    vfd-guest hold /mnt/sub/five-mib &
+    hold=$!
+    sleep 2
+    echo "guest: asking the host to kill the backend"
+    echo kill >/mnt/kill-request
+    sync
+    sleep 8
+    echo "guest: after the backend restart:"
+    timeout 20 ls /mnt >/tmp/ls.out 2>&1; echo "guest:   ls /mnt: exit $? $(head -c 200 /tmp/ls.out | tr '\n' ' ')"
+    timeout 20 cat /mnt/unread-until-restart >/tmp/new 2>/tmp/err; rc=$?
+    echo "guest:   reading a file never read before: exit $rc $(cat /tmp/err)"
+    timeout 20 sh -c 'echo after >/mnt/after-restart && sync'; echo "guest:   writing a new file: exit $?"
+    # The ranges mapped before the kill are gone from the window: the holder touches them again.
+    # The VMM answers with a machine check for the page (the process dies of SIGBUS) where the
+    # kernel tells it the address, or resets the guest where it does not (then boot 2 below).
+    echo "guest:   the process holding a mapping from before the kill touches it again"
+    kill -USR1 $hold
+    wait $hold
+    echo "guest:   it ended with exit $?"
+    dmesg | grep -i "memory failure\|mce:\|machine check" | tail -5 | sed 's/^/guest:   dmesg: /'
+fi
+if [ -e /kill ] && [ "$boot" = 2 ]; then
+    echo "guest: reset by the VMM after touching a dropped mapping; the mount works again"
+    timeout 20 cat /mnt/unread-until-restart >/dev/null || fail "reading after the reset"
+fi
 umount /mnt || fail "umount"
 echo "guest: every check passed"
 report 0
@@ -95,14 +162,31 @@ chmod +x "$root/init"
 extra=()
 [ "$dialect" = legacy ] && extra=(--legacy)
 [ "${VFD_BACKEND:-}" = virtiofsd ] && extra=(--sandbox none)
-"$backend" --socket-path "$work/dax.sock" --shared-dir "$shared" "${extra[@]}" 2>"$work/backend.log" &
-bpid=$!
-for _ in $(seq 100); do [ -S "$work/dax.sock" ] && break; sleep 0.1; done
+start_backend() {
+    rm -f "$work/dax.sock"
+    "$backend" --socket-path "$work/dax.sock" --shared-dir "$shared" "${extra[@]}" 2>>"$work/backend.log" &
+    bpid=$!
+    for _ in $(seq 100); do [ -S "$work/dax.sock" ] && break; sleep 0.1; done
+}
+start_backend
+if [ "${VFD_KILL:-}" = 1 ]; then
+    # The guest asks for the kill by creating a file in the shared tree.
+    (
+        while [ ! -e "$shared/kill-request" ]; do sleep 0.2; done
+        kill -9 "$bpid"
+        echo "dax-smoke: killed the backend (pid $bpid) while the guest holds ranges mapped" >&2
+        sleep 1
+        start_backend
+        echo "dax-smoke: started it again (pid $bpid)" >&2
+        wait "$bpid"
+    ) &
+    watcher=$!
+fi
 
 status=0
 timeout "${VFD_BOOT_TIMEOUT:-300}" "$vmm" --kernel "$vmlinuz" --initrd "$work/initrd.img" \
-    --cmdline "${VFD_GUEST_CMDLINE:-console=ttyS0 reboot=k panic=-1 pci=off quiet}" --mem-mib 512 \
-    --fs "tag=myfs,socket=$work/dax.sock,window=$window,dialect=$dialect" 2>"$work/vmm.err" ||
+    --cmdline "${VFD_GUEST_CMDLINE:-console=ttyS0 reboot=k panic=-1 pci=off quiet}" --mem-mib 512 --cpus 2 \
+    --fs "tag=myfs,socket=$work/dax.sock,window=$window,dialect=$dialect$fsopts" 2>"$work/vmm.err" ||
     status=$?
 cat "$work/vmm.err" >&2
 if [ "$status" = 0 ]; then
@@ -119,11 +203,47 @@ if [ "$status" = 0 ]; then
     counters=$(grep -o 'maps [0-9]*, unmaps [0-9]*' "$work/vmm.err" | head -n1)
     maps=$(echo "$counters" | awk '{print $2}' | tr -d ,)
     unmaps=$(echo "$counters" | awk '{print $4}')
-    if [ "$window" != 0 ] && { [ -z "$maps" ] || [ "$maps" -le 16 ] || [ "$unmaps" -lt 1 ]; }; then
+    if [ "$dax" = 1 ] && { [ -z "$maps" ] || [ "$maps" -le 16 ] || [ "$unmaps" -lt 1 ]; }; then
         echo "dax-smoke: no reclaim seen in the VMM's counters ($counters)" >&2
         status=1
     fi
-    grep -q "refusals 0, bad register accesses 0, failed activations 0" "$work/vmm.err" || {
+    if [ "$(dd if="$shared/mmapped" bs=1 skip=8192 count=19 2>/dev/null)" != STORED-THROUGH-MMAP ]; then
+        echo "dax-smoke: the guest's store through mmap did not reach the host" >&2
+        status=1
+    fi
+    if [ "$dax" = 1 ]; then
+        # The reboot: the guest's driver resets the device on its way down (the platform reset
+        # after it finds nothing left); that reset dropped every mapping the first boot held.
+        reset_line=$(grep -o 'virtio-fs myfs: reset by the driver: [0-9]* mapping(s) before, [0-9]* after' "$work/vmm.err" | head -n1 || true)
+        before=$(echo "$reset_line" | awk '{print $7}')
+        after=$(echo "$reset_line" | awk '{print $10}')
+        if [ -z "$reset_line" ] || [ "$before" -lt 1 ] || [ "$after" != 0 ]; then
+            echo "dax-smoke: the reset at reboot did not drop the mappings ($reset_line)" >&2
+            status=1
+        fi
+        grep -q 'reboot: virtio-fs myfs: [0-9]* mapping(s) before the reset, 0 after' "$work/vmm.err" || {
+            echo "dax-smoke: mappings survived the platform reset" >&2
+            status=1
+        }
+        grep -q "boots [23]" "$work/vmm.err" || { echo "dax-smoke: no second boot" >&2; status=1; }
+        # After the last umount the backend gave every range back.
+        grep -q "live mappings 0, refusals" "$work/vmm.err" || {
+            echo "dax-smoke: mappings left after umount" >&2
+            status=1
+        }
+    fi
+    if [ "${VFD_KILL:-}" = 1 ]; then
+        grep -q "reconnects 1," "$work/vmm.err" || { echo "dax-smoke: the backend was not reconnected" >&2; status=1; }
+        grep -q "guest accesses to unmapped window pages: [1-9]" "$work/vmm.err" ||
+            { echo "dax-smoke: the guest's touch of a dropped mapping was not seen" >&2; status=1; }
+        grep -q "backend gone; mappings dropped (live mappings 0)" "$work/vmm.err" ||
+            { echo "dax-smoke: the backend's loss did not drop the mappings" >&2; status=1; }
+    fi
+    # After the kill the guest gives back ranges it mapped before it (REMOVEMAPPING through the
+    # restarted backend); the device dropped them at the kill, so it refuses them (not mapped).
+    refusals=0
+    [ "${VFD_KILL:-}" = 1 ] && refusals="[0-9]*"
+    grep -q "refusals $refusals, bad register accesses 0, failed activations 0" "$work/vmm.err" || {
         echo "dax-smoke: refusals or bad accesses in the VMM's counters" >&2
         status=1
     }
