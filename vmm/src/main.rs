@@ -15,12 +15,17 @@
 //!
 //! ```text
 //! dax-vmm --kernel bzImage --initrd initrd.img [--cmdline "..."] [--mem-mib 512]
-//!         [--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy]]...
+//!         [--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy][,transport=mmio|pci]]...
 //! ```
+//!
+//! `transport=pci` puts the device on virtio-pci (modern) behind a PCI host bridge instead
+//! (`pci.rs`); the command line then loses `pci=off`.
 
 mod acpi;
 mod boot;
 mod mmio;
+mod msix;
+mod pci;
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -54,12 +59,13 @@ struct Args {
     fs: Vec<FsArg>,
 }
 
-/// `--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy]`
+/// `--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy][,transport=mmio|pci]`
 struct FsArg {
     tag: String,
     socket: String,
     window: u64,
     dialect: Dialect,
+    transport: pci::Transport,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -79,6 +85,7 @@ fn parse_fs(spec: &str) -> Result<FsArg> {
         socket: String::new(),
         window: 0,
         dialect: Dialect::Standard,
+        transport: pci::Transport::Mmio,
     };
     for kv in spec.split(',') {
         let (k, v) = kv
@@ -95,6 +102,7 @@ fn parse_fs(spec: &str) -> Result<FsArg> {
                     _ => bail!("--fs: dialect {v} is neither standard nor legacy"),
                 }
             }
+            "transport" => fs.transport = pci::Transport::parse(v)?,
             _ => bail!("--fs: unknown key {k}"),
         }
     }
@@ -132,6 +140,12 @@ fn parse_args() -> Result<Args> {
     }
     if args.kernel.is_empty() {
         bail!("--kernel is required");
+    }
+    if args.fs.iter().any(|f| f.transport == pci::Transport::Pci) {
+        if let Some(cmdline) = pci::drop_pci_off(&args.cmdline) {
+            eprintln!("dax-vmm: dropping pci=off from the command line: a device is on PCI");
+            args.cmdline = cmdline;
+        }
     }
     if !(64..=3072).contains(&args.mem_mib) {
         bail!("--mem-mib must be 64..=3072 (RAM below the 32-bit hole)");
@@ -251,7 +265,15 @@ fn run(args: Args) -> Result<u8> {
     let mut devices = Vec::new();
     let mut dsdt = Vec::new();
     let mut window_at = WINDOW_BASE;
+    let mut pci = pci::PciBus::new(vm.clone());
     for (i, f) in args.fs.iter().enumerate() {
+        // On PCI the window's memory slot follows the BAR's memory decoding.
+        let gate =
+            (f.transport == pci::Transport::Pci).then(|| pci::WindowGate::new(memory.clone()));
+        let mm: Arc<dyn MemoryManager> = match &gate {
+            Some(g) => g.clone(),
+            None => memory.clone(),
+        };
         let mut fs = Fs::builder(f.tag.clone())
             .socket_path(&f.socket)
             .window_size(f.window)
@@ -259,11 +281,16 @@ fn run(args: Args) -> Result<u8> {
             .dialect(f.dialect)
             // The Linux guest upgrades a read-only range to writable by mapping it again.
             .replace_exact(true)
-            .memory_manager(memory.clone())
+            .memory_manager(mm)
             .build()
             .with_context(|| format!("virtio-fs {}", f.tag))?;
         fs.connect()
             .with_context(|| format!("connecting to {}", f.socket))?;
+        if let Some(gate) = gate {
+            pci.add_fs(&f.tag, fs, gate, atomic.clone())
+                .with_context(|| format!("virtio-fs {} on PCI", f.tag))?;
+            continue;
+        }
         if f.window > 0 {
             fs.set_shm_base(0, window_at)
                 .with_context(|| format!("placing the window of {}", f.tag))?;
@@ -281,6 +308,7 @@ fn run(args: Args) -> Result<u8> {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {p}"))?),
         None => None,
     };
+    dsdt.extend(pci.dsdt());
     let rsdp = acpi::write_tables(&mem, 1, &dsdt)?;
     let entry = boot::load(
         &mem,
@@ -304,6 +332,12 @@ fn run(args: Args) -> Result<u8> {
 
     let status = loop {
         match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) if pci.owns_port(port) => pci.io_write(port, data),
+            Ok(VcpuExit::IoIn(port, data)) if pci.owns_port(port) => pci.io_read(port, data),
+            Ok(VcpuExit::MmioRead(addr, data)) if pci.owns_mmio(addr) => pci.mmio_read(addr, data),
+            Ok(VcpuExit::MmioWrite(addr, data)) if pci.owns_mmio(addr) => {
+                pci.mmio_write(addr, data)
+            }
             Ok(VcpuExit::IoOut(port, data)) => match port {
                 EXIT_PORT => break data.first().copied().unwrap_or(1),
                 acpi::SLEEP_CONTROL_PORT
@@ -350,7 +384,11 @@ fn run(args: Args) -> Result<u8> {
         }
     };
     let _ = io::stdout().flush();
-    for (d, f) in devices.iter_mut().zip(&args.fs) {
+    let on_mmio = args
+        .fs
+        .iter()
+        .filter(|f| f.transport == pci::Transport::Mmio);
+    for (d, f) in devices.iter_mut().zip(on_mmio) {
         let m = d.fs().metrics().clone();
         eprintln!(
             "dax-vmm: virtio-fs {}: maps {}, unmaps {}, live mappings {}, refusals {}, bad register accesses {}, failed activations {}",
@@ -363,6 +401,7 @@ fn run(args: Args) -> Result<u8> {
             d.counters.failed_activations,
         );
     }
+    pci.report();
     Ok(status)
 }
 
