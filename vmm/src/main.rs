@@ -168,16 +168,16 @@ struct KvmMemory {
     vm: Arc<VmFd>,
     /// Slot of each window, by guest address.
     slots: Mutex<Vec<(u64, u32)>>,
-    next_slot: Mutex<u32>,
 }
 
 impl MemoryManager for KvmMemory {
     fn register_window(&self, r: &WindowRegion) -> io::Result<()> {
-        let slot = {
-            let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
-            *next += 1;
-            *next
-        };
+        // The lowest id no window holds (slot 0 is guest RAM): the ids of removed windows come
+        // back, so a window that moves or whose BAR decoding toggles never runs out of them.
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = (1..)
+            .find(|s| slots.iter().all(|&(_, used)| used != *s))
+            .unwrap_or(u32::MAX);
         let region = kvm_bindings::kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -189,10 +189,7 @@ impl MemoryManager for KvmMemory {
         // calls before the window is unmapped (the crate's documented drop order).
         unsafe { self.vm.set_user_memory_region(region) }
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((r.gpa, slot));
+        slots.push((r.gpa, slot));
         Ok(())
     }
 
@@ -259,7 +256,6 @@ fn run(args: Args) -> Result<u8> {
     let memory = Arc::new(KvmMemory {
         vm: vm.clone(),
         slots: Mutex::new(Vec::new()),
-        next_slot: Mutex::new(0),
     });
     let atomic = GuestMemoryAtomic::new(mem.clone());
     let mut devices = Vec::new();
