@@ -72,7 +72,10 @@ use virtio_fs_dax::memory::{MemoryManager, WindowRegion};
 use virtio_fs_dax::transport::ShmBar;
 use virtio_fs_dax::Fs;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{ByteValued, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    ByteValued, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryMmap,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::msix::{self, MsixTable, NO_VECTOR};
@@ -901,6 +904,13 @@ impl PciFs {
     }
 
     fn common_write(&mut self, off: u64, data: &[u8]) {
+        if data.len() > 8 {
+            self.bad(format_args!(
+                "write of {} bytes at common config",
+                data.len()
+            ));
+            return;
+        }
         let mut b = [0u8; 8];
         b[..data.len()].copy_from_slice(data);
         let v = u64::from_le_bytes(b);
@@ -1001,6 +1011,7 @@ impl PciFs {
 
     fn activate(&mut self) -> Result<()> {
         let max = self.fs.queue_max_sizes().to_vec();
+        let ram = self.mem.memory();
         let mut queues = Vec::new();
         for (index, (r, &m)) in self.queues.iter().zip(&max).enumerate() {
             let mut q = Queue::new(m).context("queue")?;
@@ -1019,6 +1030,19 @@ impl PciFs {
                     .map_err(|e| {
                         anyhow::anyhow!("queue {index}: device area {:#x}: {e:?}", r.used)
                     })?;
+                // Checked here, before the device is touched: the crate refuses such queues too,
+                // but only after it has used up its connection to the backend, which a backend
+                // that serves one connection (virtiofsd) does not give again.
+                let size = usize::from(r.size);
+                for (what, at, len) in [
+                    ("descriptor table", r.desc, 16 * size),
+                    ("driver area", r.avail, 6 + 2 * size),
+                    ("device area", r.used, 6 + 8 * size),
+                ] {
+                    if !ram.check_range(GuestAddress(at), len) {
+                        bail!("queue {index}: {what} at {at:#x} ({len} bytes) is not in guest RAM");
+                    }
+                }
             }
             q.set_ready(r.ready);
             queues.push(ActivateQueue {
