@@ -56,6 +56,12 @@
 //! Everything the guest does wrong (writes to read-only registers, bad sizes or offsets, queue
 //! selectors out of range, vectors out of range, bad MSI-X table accesses, queue addresses outside
 //! RAM) is logged (the first few of each device) and counted, and the VM goes on.
+//!
+//! # Threads
+//!
+//! [`PciBus`] takes `&mut self` for every access: with several vCPUs the VMM puts it behind one
+//! lock. It owns KVM's routing table (`KVM_SET_GSI_ROUTING` replaces the whole table): nothing
+//! else in the VMM may set routes.
 
 use std::io;
 use std::sync::{Arc, Mutex};
