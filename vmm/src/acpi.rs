@@ -57,6 +57,53 @@ pub fn virtio_mmio_device(index: usize, base: u64, len: u64, gsi: u32) -> Vec<u8
     ))
 }
 
+/// The DSDT's PCI host bridge `PCI0`: root bus 0 (segment 0), reached through the legacy
+/// configuration ports 0xcf8..0xcff, with the 32-bit MMIO window `mmio32` (base, size) and the
+/// 64-bit prefetchable MMIO window `mmio64`, if any. Linux on x86 scans only the root buses the
+/// DSDT describes, and keeps firmware-assigned BARs that fit these windows.
+pub fn pci_host_bridge(mmio32: (u64, u64), mmio64: Option<(u64, u64)>) -> Vec<u8> {
+    let hid = aml::EISAName::new("PNP0A08");
+    let cid = aml::EISAName::new("PNP0A03");
+    let zero: u8 = 0;
+    let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
+    let config_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
+    let (base32, size32) = mmio32;
+    let window32 = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        base32 as u32,
+        (base32 + size32 - 1) as u32,
+        None,
+    );
+    let window64 = mmio64.map(|(base, size)| {
+        aml::AddressSpace::new_memory(
+            aml::AddressSpaceCacheable::PreFetchable,
+            true,
+            base,
+            base + size - 1,
+            None,
+        )
+    });
+    let mut resources: Vec<&dyn Aml> = vec![&bus, &config_ports, &window32];
+    if let Some(w) = &window64 {
+        resources.push(w);
+    }
+    let crs = aml::ResourceTemplate::new(resources);
+    let (hid, cid, adr, seg, uid, bbn, crs) = (
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_CID".into(), &cid),
+        aml::Name::new("_ADR".into(), &zero),
+        aml::Name::new("_SEG".into(), &zero),
+        aml::Name::new("_UID".into(), &zero),
+        aml::Name::new("_BBN".into(), &zero),
+        aml::Name::new("_CRS".into(), &crs),
+    );
+    bytes(&aml::Device::new(
+        "_SB_.PCI0".into(),
+        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs],
+    ))
+}
+
 /// Writes the tables for `cpus` vCPUs, with `devices` (AML of the DSDT's devices) after the
 /// RSDP, and returns the RSDP's address.
 pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8, devices: &[u8]) -> Result<u64> {

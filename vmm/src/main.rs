@@ -15,18 +15,20 @@
 //!
 //! ```text
 //! dax-vmm --kernel bzImage --initrd initrd.img [--cmdline "..."] [--mem-mib 512]
-//!         [--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy]]...
+//!         [--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy][,transport=mmio|pci]]...
 //! ```
 
 mod acpi;
 mod boot;
 mod mce;
 mod mmio;
+mod msix;
+mod pci;
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -61,13 +63,15 @@ struct Args {
     fs: Vec<FsArg>,
 }
 
-/// `--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy][,fallback=fail|disable]`
+/// `--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy][,fallback=fail|disable]
+/// [,transport=mmio|pci]`
 struct FsArg {
     tag: String,
     socket: String,
     window: u64,
     dialect: Dialect,
     fallback: DaxFallback,
+    transport: pci::Transport,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -88,6 +92,7 @@ fn parse_fs(spec: &str) -> Result<FsArg> {
         window: 0,
         dialect: Dialect::Standard,
         fallback: DaxFallback::Fail,
+        transport: pci::Transport::Mmio,
     };
     for kv in spec.split(',') {
         let (k, v) = kv
@@ -111,6 +116,7 @@ fn parse_fs(spec: &str) -> Result<FsArg> {
                     _ => bail!("--fs: fallback {v} is neither fail nor disable"),
                 }
             }
+            "transport" => fs.transport = pci::Transport::parse(v)?,
             _ => bail!("--fs: unknown key {k}"),
         }
     }
@@ -153,6 +159,12 @@ fn parse_args() -> Result<Args> {
     if args.kernel.is_empty() {
         bail!("--kernel is required");
     }
+    if args.fs.iter().any(|f| f.transport == pci::Transport::Pci) {
+        if let Some(cmdline) = pci::drop_pci_off(&args.cmdline) {
+            eprintln!("dax-vmm: dropping pci=off from the command line: a device is on PCI");
+            args.cmdline = cmdline;
+        }
+    }
     if !(1..=16).contains(&args.cpus) {
         bail!("--cpus must be 1..=16");
     }
@@ -178,7 +190,6 @@ struct KvmMemory {
     vm: Mutex<Arc<VmFd>>,
     /// Every registered window and its slot.
     windows: Mutex<Vec<(WindowRegion, u32)>>,
-    next_slot: AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -215,9 +226,14 @@ impl KvmMemory {
 
 impl MemoryManager for KvmMemory {
     fn register_window(&self, r: &WindowRegion) -> io::Result<()> {
-        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        // The lowest id no window holds (slot 0 is guest RAM): the ids of removed windows come
+        // back, so a window that moves or whose BAR decoding toggles never runs out of them.
+        let mut windows = lock(&self.windows);
+        let slot = (1..)
+            .find(|s| windows.iter().all(|&(_, used)| used != *s))
+            .unwrap_or(u32::MAX);
         Self::set_slot(&lock(&self.vm), slot, r, r.size)?;
-        lock(&self.windows).push((*r, slot));
+        windows.push((*r, slot));
         Ok(())
     }
 
@@ -272,6 +288,8 @@ type Console = Serial<IrqTrigger, vm_superio::serial::NoEvents, io::Stdout>;
 /// that ends the boot.
 struct Platform {
     devices: Mutex<Vec<mmio::MmioFs>>,
+    /// The virtio-pci devices and their host bridge; it holds the first VM (no reboot with it).
+    pci: Mutex<pci::PciBus>,
     serial: Mutex<Console>,
     windows: Vec<(u64, u64)>,
     events: mpsc::Sender<Event>,
@@ -281,6 +299,13 @@ struct Platform {
 
 impl Platform {
     fn io_out(&self, port: u16, data: &[u8]) -> Option<Event> {
+        {
+            let mut pci = lock(&self.pci);
+            if pci.owns_port(port) {
+                pci.io_write(port, data);
+                return None;
+            }
+        }
         match port {
             EXIT_PORT => return Some(Event::Exit(data.first().copied().unwrap_or(1))),
             acpi::SLEEP_CONTROL_PORT if data.first().is_some_and(|&v| v & acpi::SLP_EN != 0) => {
@@ -299,6 +324,13 @@ impl Platform {
     }
 
     fn io_in(&self, port: u16, data: &mut [u8]) {
+        {
+            let mut pci = lock(&self.pci);
+            if pci.owns_port(port) {
+                pci.io_read(port, data);
+                return;
+            }
+        }
         if (COM1..COM1 + 8).contains(&port) {
             data[0] = lock(&self.serial).read((port - COM1) as u8);
         } else {
@@ -307,6 +339,13 @@ impl Platform {
     }
 
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        {
+            let mut pci = lock(&self.pci);
+            if pci.owns_mmio(addr) {
+                pci.mmio_read(addr, data);
+                return;
+            }
+        }
         match lock(&self.devices).iter_mut().find(|d| d.contains(addr)) {
             Some(d) => d.read(addr, data),
             None => data.fill(0xff),
@@ -314,6 +353,13 @@ impl Platform {
     }
 
     fn mmio_write(&self, addr: u64, data: &[u8]) {
+        {
+            let mut pci = lock(&self.pci);
+            if pci.owns_mmio(addr) {
+                pci.mmio_write(addr, data);
+                return;
+            }
+        }
         if let Some(d) = lock(&self.devices).iter_mut().find(|d| d.contains(addr)) {
             d.write(addr, data);
         }
@@ -415,7 +461,14 @@ fn boot(m: &Machine, boot_no: u32) -> Result<Event> {
         dsdt,
         events,
     } = m;
-    let vm = Arc::new(kvm.create_vm().context("KVM_CREATE_VM")?);
+    // The first boot runs in the VM the devices were placed in; every later one in a new VM.
+    let vm = if boot_no == 0 {
+        lock(&memory.vm).clone()
+    } else {
+        let vm = Arc::new(kvm.create_vm().context("KVM_CREATE_VM")?);
+        memory.attach(vm.clone())?;
+        vm
+    };
     let mem_size = args.mem_mib << 20;
     boot::register_memory(&vm, mem)?;
     vm.set_tss_address(0xfffb_d000)
@@ -426,7 +479,6 @@ fn boot(m: &Machine, boot_no: u32) -> Result<Event> {
         ..Default::default()
     };
     vm.create_pit2(pit).context("KVM_CREATE_PIT2")?;
-    memory.attach(vm.clone())?;
     for d in lock(&platform.devices).iter() {
         d.wire(&vm)?;
     }
@@ -543,17 +595,25 @@ fn run(args: Args) -> Result<u8> {
     register_signal_handler(SIGRTMIN(), kick_handler).context("vCPU kick signal")?;
 
     // The virtio-fs devices: the crate's Fs on virtio-mmio, windows as KVM memory slots.
+    let first_vm = Arc::new(kvm.create_vm().context("KVM_CREATE_VM")?);
     let memory = Arc::new(KvmMemory {
-        vm: Mutex::new(Arc::new(kvm.create_vm().context("KVM_CREATE_VM")?)),
+        vm: Mutex::new(first_vm.clone()),
         windows: Mutex::new(Vec::new()),
-        next_slot: AtomicU32::new(1),
     });
     let atomic = GuestMemoryAtomic::new(mem.clone());
     let mut devices = Vec::new();
     let mut dsdt = Vec::new();
     let mut windows = Vec::new();
     let mut window_at = WINDOW_BASE;
+    let mut pci = pci::PciBus::new(first_vm.clone());
     for (i, f) in args.fs.iter().enumerate() {
+        // On PCI the window's memory slot follows the BAR's memory decoding.
+        let gate =
+            (f.transport == pci::Transport::Pci).then(|| pci::WindowGate::new(memory.clone()));
+        let mm: Arc<dyn MemoryManager> = match &gate {
+            Some(g) => g.clone(),
+            None => memory.clone(),
+        };
         let mut fs = Fs::builder(f.tag.clone())
             .socket_path(&f.socket)
             .window_size(f.window)
@@ -564,12 +624,17 @@ fn run(args: Args) -> Result<u8> {
             .connect_retry(1, Duration::ZERO)
             // The Linux guest upgrades a read-only range to writable by mapping it again.
             .replace_exact(true)
-            .memory_manager(memory.clone())
+            .memory_manager(mm)
             .build()
             .with_context(|| format!("virtio-fs {}", f.tag))?;
         // Before the guest can see the device: the device decides here whether it offers the
         // window (a backend that cannot serve it, with fallback=disable, gets none).
         connect(&mut fs).with_context(|| format!("connecting to {}", f.socket))?;
+        if let Some(gate) = gate {
+            pci.add_fs(&f.tag, fs, gate, atomic.clone())
+                .with_context(|| format!("virtio-fs {} on PCI", f.tag))?;
+            continue;
+        }
         if fs.window_offered() {
             fs.set_shm_base(0, window_at)
                 .with_context(|| format!("placing the window of {}", f.tag))?;
@@ -582,6 +647,7 @@ fn run(args: Args) -> Result<u8> {
         devices.push(mmio::MmioFs::new(base, gsi, fs, atomic.clone())?);
     }
 
+    dsdt.extend(pci.dsdt());
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).context("eventfd")?;
     let serial = Serial::new(
         IrqTrigger(serial_irq.try_clone().context("eventfd clone")?),
@@ -590,6 +656,7 @@ fn run(args: Args) -> Result<u8> {
     let (tx, events) = mpsc::channel();
     let platform = Arc::new(Platform {
         devices: Mutex::new(devices),
+        pci: Mutex::new(pci),
         serial: Mutex::new(serial),
         windows,
         events: tx,
@@ -610,6 +677,11 @@ fn run(args: Args) -> Result<u8> {
     let result = loop {
         let event = boot(&machine, boot_no);
         match event {
+            Ok(Event::Reboot) if !lock(&machine.platform.pci).is_empty() => {
+                break Err(anyhow!(
+                    "the guest reset itself; rebooting with virtio-pci devices is not supported"
+                ))
+            }
             Ok(Event::Reboot) if boot_no < machine.args.max_reboots => {
                 // The platform reset: every device resets, which drops its window's mappings.
                 for d in lock(&machine.platform.devices).iter_mut() {
@@ -635,10 +707,7 @@ fn run(args: Args) -> Result<u8> {
         }
     };
     let _ = io::stdout().flush();
-    for (d, f) in lock(&machine.platform.devices)
-        .iter_mut()
-        .zip(&machine.args.fs)
-    {
+    for d in lock(&machine.platform.devices).iter() {
         let m = d.fs().metrics().clone();
         let lat = m.map_latency();
         let us = |q| {
@@ -647,7 +716,7 @@ fn run(args: Args) -> Result<u8> {
         };
         eprintln!(
             "dax-vmm: virtio-fs {}: maps {}, unmaps {}, live mappings {}, refusals {}, bad register accesses {}, failed activations {}, reconnects {}, map round trip p50 {:.1} us p99 {:.1} us",
-            f.tag,
+            d.fs().tag(),
             m.maps(),
             m.unmaps(),
             m.live_mappings(),
@@ -659,6 +728,7 @@ fn run(args: Args) -> Result<u8> {
             us(0.99),
         );
     }
+    lock(&machine.platform.pci).report();
     let faults = machine
         .platform
         .unmapped_window_faults

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Copyright 2026 The virtio-fs-dax Authors
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+#
+# One virtio-fs device on virtio-mmio and one on virtio-pci in the same guest, each with its own
+# dax-backend process and window: both tags mount with `dax=always` and read the same files
+# with the host's sha256. This checks that the MSI routes of the PCI device leave the irqchip's
+# routes in place: the virtio-mmio device (GSI 5) and the serial console (GSI 4) keep their
+# interrupts once the guest has enabled MSI-X. Run it where /dev/kvm boots Linux:
+# `bash scripts/with-kvm.sh bash vmm/scripts/pci-mixed.sh` from the repository.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+vmm=${DAX_VMM:-vmm/target/release/dax-vmm}
+backend=${DAX_BACKEND:-peers/dax-backend/target/release/dax-backend}
+for b in "$vmm" "$backend"; do
+    [ -x "$b" ] || { echo "pci-mixed: $b is not built" >&2; exit 2; }
+done
+kdir=${VFD_KERNEL_DIR:?run through scripts/with-kvm.sh, which sets VFD_KERNEL_DIR}
+vmlinuz=$(find "$kdir/boot" -name 'vmlinuz-*' | head -n1)
+moddir=$(find "$kdir/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)
+
+work=$(mktemp -d)
+cleanup() {
+    [ -n "${bpid:-}" ] && kill "$bpid" 2>/dev/null || true
+    [ -n "${bpid2:-}" ] && kill "$bpid2" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+shared=$work/shared
+mkdir -p "$shared"
+printf 'hello from the host\n' >"$shared/hello"
+head -c $((8 << 20)) /dev/urandom >"$shared/big"
+
+root=$work/root
+mkdir -p "$root"/{bin,dev,proc,sys,mnt,mods}
+cp /bin/busybox "$root/bin/busybox"
+: >"$root/mods/order"
+for m in virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci fuse virtiofs; do
+    f=$(find "$moddir/kernel" -name "$m.ko" | head -n1)
+    [ -n "$f" ] || { echo "pci-mixed: module $m not in $moddir, skipped" >&2; continue; }
+    cp "$f" "$root/mods/$m.ko"
+    echo "$m" >>"$root/mods/order"
+done
+(cd "$shared" && sha256sum big hello) >"$root/expected"
+cat >"$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+report() { printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null; sleep 5; }
+fail() { echo "guest: FAIL: $*"; report 1; }
+for m in $(cat /mods/order); do insmod /mods/$m.ko; done
+mkdir -p /m1 /m2
+dmesg | grep "Cache len" | sed 's/^/guest: dmesg: /'
+mount -t virtiofs mfs /m1 -o dax=always || fail "mount mfs"
+mount -t virtiofs pfs /m2 -o dax=always || fail "mount pfs"
+for d in /m1 /m2; do
+    (cd $d && sha256sum -c /expected) | sed "s|^|guest: $d: |"
+    (cd $d && sha256sum -c -s /expected) || fail "$d: a file differs from the host's"
+done
+grep -i "virtio\|ttyS" /proc/interrupts | sed 's/^/guest: irq: /'
+n=$(awk '/IO-APIC.*virtio/ {print $2}' /proc/interrupts)
+[ "${n:-0}" -gt 0 ] || fail "the virtio-mmio device got no interrupt"
+umount /m1 || fail "umount /m1"
+umount /m2 || fail "umount /m2"
+echo "guest: every check passed"
+report 0
+INIT
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.img"
+
+"$backend" --socket-path "$work/m.sock" --shared-dir "$shared" 2>"$work/backend.log" &
+bpid=$!
+"$backend" --socket-path "$work/p.sock" --shared-dir "$shared" 2>"$work/backend2.log" &
+bpid2=$!
+for _ in $(seq 100); do [ -S "$work/m.sock" ] && [ -S "$work/p.sock" ] && break; sleep 0.1; done
+status=0
+timeout "${VFD_BOOT_TIMEOUT:-300}" "$vmm" --kernel "$vmlinuz" --initrd "$work/initrd.img" \
+    --cmdline "${VFD_GUEST_CMDLINE:-console=ttyS0 reboot=k panic=-1 quiet}" --mem-mib 512 \
+    --fs "tag=mfs,socket=$work/m.sock,window=32M" \
+    --fs "tag=pfs,socket=$work/p.sock,window=64M,transport=pci" 2>"$work/vmm.err" || status=$?
+cat "$work/vmm.err" >&2
+if [ "$status" = 0 ] && [ "$(grep -c "refusals 0, bad register accesses 0, failed activations 0" "$work/vmm.err")" != 2 ]; then
+    echo "pci-mixed: refusals, bad accesses or failed activations in the VMM's counters" >&2
+    status=1
+fi
+exit "$status"
