@@ -134,6 +134,8 @@ impl MmioFs {
 
     /// The platform reset (the guest rebooted): the device resets as on a status write of 0.
     pub fn platform_reset(&mut self) {
+        // Silent: the VMM reports the platform reset itself.
+        self.status = 0;
         self.set_status(0);
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
