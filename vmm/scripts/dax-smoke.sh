@@ -22,16 +22,10 @@
 #   it and offers none; the guest says so, `dax=always` is refused, a plain mount reads and writes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-vmm=${DAX_VMM:-vmm/target/release/dax-vmm}
-backend=${DAX_BACKEND:-peers/dax-backend/target/release/dax-backend}
+. vmm/scripts/common.sh
 [ "${VFD_BACKEND:-}" = virtiofsd ] && backend=${VIRTIOFSD:-$HOME/.local/virtio-fs-dax/bin/virtiofsd}
-tool=${VFD_GUEST_TOOL:-vmm/guest-tool/target/release/vfd-guest}
-for b in "$vmm" "$backend" "$tool"; do
-    [ -x "$b" ] || { echo "dax-smoke: $b is not built" >&2; exit 2; }
-done
-kdir=${VFD_KERNEL_DIR:?run through scripts/with-kvm.sh, which sets VFD_KERNEL_DIR}
-vmlinuz=$(find "$kdir/boot" -name 'vmlinuz-*' | head -n1)
-moddir=$(find "$kdir/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)
+need_built dax-smoke "$vmm" "$backend" "$tool"
+guest_kernel
 dialect=${VFD_DIALECT:-standard}
 transport=${VFD_TRANSPORT:-mmio}
 
@@ -58,22 +52,13 @@ head -c 3000 /dev/urandom >"$shared/unread-until-restart"
 
 # The guest's initramfs: busybox, the virtio-mmio and virtiofs modules, and the checks.
 root=$work/root
-mkdir -p "$root"/{bin,dev,proc,sys,mnt,mods,tmp}
-cp /bin/busybox "$root/bin/busybox"
-cp "$tool" "$root/bin/vfd-guest"
-: >"$root/mods/order"
-mods="virtio_ring virtio virtio_mmio fuse virtiofs"
 if [ "$transport" = pci ]; then
-    mods="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci fuse virtiofs"
+    guest_root "$root" virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
+        fuse virtiofs
     : >"$root/pci"
+else
+    guest_root "$root" virtio_ring virtio virtio_mmio fuse virtiofs
 fi
-for m in $mods; do
-    f=$(find "$moddir/kernel" -name "$m.ko" | head -n1)
-    # Built in, or not in this kernel at all: nothing to load (the checks below tell).
-    [ -n "$f" ] || { echo "dax-smoke: module $m not in $moddir, skipped" >&2; continue; }
-    cp "$f" "$root/mods/$m.ko"
-    echo "$m" >>"$root/mods/order"
-done
 (cd "$shared" && find . -type f ! -name unread-until-restart | sort | xargs sha256sum) >"$root/expected"
 [ "${VFD_KILL:-}" = 1 ] && : >"$root/kill"
 window=32M
@@ -88,15 +73,7 @@ if [ "${VFD_BACKEND:-}" = virtiofsd ]; then
     reboot=0
 fi
 [ "$reboot" = 1 ] && : >"$root/reboot"
-cat >"$root/init" <<'INIT'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-report() { printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null; sleep 5; }
-fail() { echo "guest: FAIL: $*"; report 1; }
-for m in $(cat /mods/order); do insmod /mods/$m.ko || fail "insmod $m"; done
+guest_init "$root" <<'INIT'
 boot=$(sed -n 's/.*vfd\.boot=\([0-9]*\).*/\1/p' /proc/cmdline)
 echo "guest: boot $boot, $(grep -c ^processor /proc/cpuinfo) CPUs"
 [ "$(grep -c ^processor /proc/cpuinfo)" = 2 ] || fail "the guest does not see two CPUs"
@@ -186,8 +163,7 @@ umount /mnt || fail "umount"
 echo "guest: every check passed"
 report 0
 INIT
-chmod +x "$root/init"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.img"
+guest_pack "$root" "$work/initrd.img"
 
 extra=()
 [ "$dialect" = legacy ] && extra=(--legacy)

@@ -13,15 +13,9 @@
 #   VFD_BENCH_MIB (default 128): the file's size; VFD_BENCH_WINDOW (default 256M); VFD_DIALECT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-vmm=${DAX_VMM:-vmm/target/release/dax-vmm}
-backend=${DAX_BACKEND:-peers/dax-backend/target/release/dax-backend}
-tool=${VFD_GUEST_TOOL:-vmm/guest-tool/target/release/vfd-guest}
-for b in "$vmm" "$backend" "$tool"; do
-    [ -x "$b" ] || { echo "guest-bench: $b is not built" >&2; exit 2; }
-done
-kdir=${VFD_KERNEL_DIR:?run through scripts/with-kvm.sh, which sets VFD_KERNEL_DIR}
-vmlinuz=$(find "$kdir/boot" -name 'vmlinuz-*' | head -n1)
-moddir=$(find "$kdir/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)
+. vmm/scripts/common.sh
+need_built guest-bench "$vmm" "$backend" "$tool"
+guest_kernel
 mib=${VFD_BENCH_MIB:-128}
 reads=${VFD_BENCH_READS:-20000}
 
@@ -35,23 +29,9 @@ mkdir -p "$work/shared"
 head -c $((mib << 20)) /dev/urandom >"$work/shared/large"
 
 root=$work/root
-mkdir -p "$root"/{bin,dev,proc,sys,mnt,mods}
-cp /bin/busybox "$root/bin/busybox"
-cp "$tool" "$root/bin/vfd-guest"
-: >"$root/mods/order"
-for m in virtio_ring virtio virtio_mmio fuse virtiofs; do
-    cp "$(find "$moddir/kernel" -name "$m.ko" | head -n1)" "$root/mods/$m.ko"
-    echo "$m" >>"$root/mods/order"
-done
+guest_root "$root" virtio_ring virtio virtio_mmio fuse virtiofs
 echo "$reads" >"$root/reads"
-cat >"$root/init" <<'INIT'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-report() { printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null; sleep 5; }
-for m in $(cat /mods/order); do insmod /mods/$m.ko || report 1; done
+guest_init "$root" <<'INIT'
 reads=$(cat /reads)
 for mode in always never; do
     for kind in seq rand; do
@@ -67,8 +47,7 @@ for mode in always never; do
 done
 report 0
 INIT
-chmod +x "$root/init"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.img"
+guest_pack "$root" "$work/initrd.img"
 
 extra=()
 [ "${VFD_DIALECT:-standard}" = legacy ] && extra=(--legacy)

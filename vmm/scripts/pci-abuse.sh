@@ -16,14 +16,9 @@
 # Run it where /dev/kvm boots Linux: `bash scripts/with-kvm.sh bash vmm/scripts/pci-abuse.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-vmm=${DAX_VMM:-vmm/target/release/dax-vmm}
-backend=${DAX_BACKEND:-peers/dax-backend/target/release/dax-backend}
-for b in "$vmm" "$backend"; do
-    [ -x "$b" ] || { echo "pci-abuse: $b is not built" >&2; exit 2; }
-done
-kdir=${VFD_KERNEL_DIR:?run through scripts/with-kvm.sh, which sets VFD_KERNEL_DIR}
-vmlinuz=$(find "$kdir/boot" -name 'vmlinuz-*' | head -n1)
-moddir=$(find "$kdir/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)
+. vmm/scripts/common.sh
+need_built pci-abuse "$vmm" "$backend"
+guest_kernel
 
 work=$(mktemp -d)
 cleanup() {
@@ -37,25 +32,9 @@ mkdir -p "$shared"
 printf 'hello from the host\n' >"$shared/hello"
 
 root=$work/root
-mkdir -p "$root"/{bin,dev,proc,sys,mnt,mods}
-cp /bin/busybox "$root/bin/busybox"
-: >"$root/mods/order"
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci fuse virtiofs; do
-    f=$(find "$moddir/kernel" -name "$m.ko" | head -n1)
-    [ -n "$f" ] || { echo "pci-abuse: module $m not in $moddir, skipped" >&2; continue; }
-    cp "$f" "$root/mods/$m.ko"
-    echo "$m" >>"$root/mods/order"
-done
-cat >"$root/init" <<'INIT'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-report() { printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null; sleep 5; }
-fail() { echo "guest: FAIL: $*"; report 1; }
+guest_root "$root" virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci fuse virtiofs
+guest_init "$root" <<'INIT'
 expect() { if [ "$2" = "$3" ]; then echo "guest: ok: $1 ($2)"; else fail "$1: read $2, expected $3"; fi; }
-for m in $(cat /mods/order); do insmod /mods/$m.ko || fail "insmod $m"; done
 dev=/sys/bus/pci/devices/0000:00:01.0
 [ "$(cat $dev/vendor)" = 0x1af4 ] || fail "no virtio function at 00:01.0"
 mount -t virtiofs myfs /mnt -o dax=always || fail "mount -o dax=always"
@@ -166,8 +145,7 @@ dd if=/dev/urandom of=/sys/bus/pci/devices/0000:00:00.0/config bs=4 count=64 con
 echo "guest: the VM survived random configuration writes"
 report 0
 INIT
-chmod +x "$root/init"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.img"
+guest_pack "$root" "$work/initrd.img"
 
 "$backend" --socket-path "$work/dax.sock" --shared-dir "$shared" 2>"$work/backend.log" &
 bpid=$!

@@ -10,14 +10,9 @@
 # `bash scripts/with-kvm.sh bash vmm/scripts/pci-mixed.sh` from the repository.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-vmm=${DAX_VMM:-vmm/target/release/dax-vmm}
-backend=${DAX_BACKEND:-peers/dax-backend/target/release/dax-backend}
-for b in "$vmm" "$backend"; do
-    [ -x "$b" ] || { echo "pci-mixed: $b is not built" >&2; exit 2; }
-done
-kdir=${VFD_KERNEL_DIR:?run through scripts/with-kvm.sh, which sets VFD_KERNEL_DIR}
-vmlinuz=$(find "$kdir/boot" -name 'vmlinuz-*' | head -n1)
-moddir=$(find "$kdir/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)
+. vmm/scripts/common.sh
+need_built pci-mixed "$vmm" "$backend"
+guest_kernel
 
 work=$(mktemp -d)
 cleanup() {
@@ -33,25 +28,9 @@ printf 'hello from the host\n' >"$shared/hello"
 head -c $((8 << 20)) /dev/urandom >"$shared/big"
 
 root=$work/root
-mkdir -p "$root"/{bin,dev,proc,sys,mnt,mods}
-cp /bin/busybox "$root/bin/busybox"
-: >"$root/mods/order"
-for m in virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci fuse virtiofs; do
-    f=$(find "$moddir/kernel" -name "$m.ko" | head -n1)
-    [ -n "$f" ] || { echo "pci-mixed: module $m not in $moddir, skipped" >&2; continue; }
-    cp "$f" "$root/mods/$m.ko"
-    echo "$m" >>"$root/mods/order"
-done
+guest_root "$root" virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci fuse virtiofs
 (cd "$shared" && sha256sum big hello) >"$root/expected"
-cat >"$root/init" <<'INIT'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-report() { printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null; sleep 5; }
-fail() { echo "guest: FAIL: $*"; report 1; }
-for m in $(cat /mods/order); do insmod /mods/$m.ko; done
+guest_init "$root" <<'INIT'
 mkdir -p /m1 /m2
 dmesg | grep "Cache len" | sed 's/^/guest: dmesg: /'
 mount -t virtiofs mfs /m1 -o dax=always || fail "mount mfs"
@@ -68,8 +47,7 @@ umount /m2 || fail "umount /m2"
 echo "guest: every check passed"
 report 0
 INIT
-chmod +x "$root/init"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.img"
+guest_pack "$root" "$work/initrd.img"
 
 "$backend" --socket-path "$work/m.sock" --shared-dir "$shared" 2>"$work/backend.log" &
 bpid=$!

@@ -24,6 +24,7 @@ mod mce;
 mod mmio;
 mod msix;
 mod pci;
+mod queues;
 
 use std::fs::File;
 use std::io::{self, Write};

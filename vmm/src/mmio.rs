@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use virtio_fs_dax::device::{ActivateQueue, VirtioDevice, VirtioInterrupt, VirtioInterruptType};
+use virtio_fs_dax::device::{VirtioDevice, VirtioInterrupt, VirtioInterruptType};
 use virtio_fs_dax::transport::MmioShmRegs;
 use virtio_fs_dax::Fs;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::queues::{activate_queues, DriverQueue};
 
 /// Size of the register page.
 pub const MMIO_LEN: u64 = 0x1000;
@@ -33,15 +34,6 @@ impl VirtioInterrupt for Irq {
     fn trigger(&self, _: VirtioInterruptType) -> std::io::Result<()> {
         self.0.write(1)
     }
-}
-
-#[derive(Clone, Copy, Default)]
-struct QueueRegs {
-    size: u16,
-    ready: bool,
-    desc: u64,
-    avail: u64,
-    used: u64,
 }
 
 /// What the transport counts for the VMM's report.
@@ -68,7 +60,7 @@ pub struct MmioFs {
     driver_features_sel: u32,
     driver_features: u64,
     queue_sel: u32,
-    queues: Vec<QueueRegs>,
+    queues: Vec<DriverQueue>,
     status: u32,
     shm: MmioShmRegs,
     /// Counters for the report.
@@ -110,7 +102,7 @@ impl MmioFs {
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
-            queues: vec![QueueRegs::default(); n],
+            queues: vec![DriverQueue::default(); n],
             status: 0,
             shm,
             counters: Counters::default(),
@@ -158,7 +150,7 @@ impl MmioFs {
         &mut self.fs
     }
 
-    fn queue(&mut self) -> Option<&mut QueueRegs> {
+    fn queue(&mut self) -> Option<&mut DriverQueue> {
         self.queues.get_mut(self.queue_sel as usize)
     }
 
@@ -270,7 +262,7 @@ impl MmioFs {
             self.driver_features = 0;
             self.queues
                 .iter_mut()
-                .for_each(|q| *q = QueueRegs::default());
+                .for_each(|q| *q = DriverQueue::default());
             return;
         }
         let newly = v & !self.status;
@@ -288,22 +280,13 @@ impl MmioFs {
     }
 
     fn activate(&mut self) -> Result<()> {
-        let max = self.fs.queue_max_sizes().to_vec();
-        let mut queues = Vec::new();
-        for (index, r) in self.queues.iter().enumerate() {
-            let mut q = Queue::new(max[index]).context("queue")?;
-            q.set_size(r.size);
-            q.set_desc_table_address(Some(r.desc as u32), Some((r.desc >> 32) as u32));
-            q.set_avail_ring_address(Some(r.avail as u32), Some((r.avail >> 32) as u32));
-            q.set_used_ring_address(Some(r.used as u32), Some((r.used >> 32) as u32));
-            q.set_ready(r.ready);
-            queues.push(ActivateQueue {
-                index,
-                queue: q,
-                kick: self.kicks[index].try_clone().context("eventfd")?,
-                call: self.calls[index].try_clone().context("eventfd")?,
-            });
-        }
+        let queues = activate_queues(
+            &self.queues,
+            self.fs.queue_max_sizes(),
+            &self.mem.memory(),
+            &self.kicks,
+            &self.calls,
+        )?;
         self.fs
             .activate(self.mem.clone(), self.irq.clone(), queues)
             .context("Fs::activate")?;

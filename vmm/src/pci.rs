@@ -73,18 +73,15 @@ use kvm_bindings::{
     KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
-use virtio_fs_dax::device::{ActivateQueue, VirtioDevice, VirtioInterrupt, VirtioInterruptType};
+use virtio_fs_dax::device::{VirtioDevice, VirtioInterrupt, VirtioInterruptType};
 use virtio_fs_dax::memory::{MemoryManager, WindowRegion};
 use virtio_fs_dax::transport::ShmBar;
 use virtio_fs_dax::Fs;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{
-    ByteValued, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryMmap,
-};
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::msix::{self, MsixTable, NO_VECTOR};
+use crate::queues::{activate_queues, DriverQueue};
 
 /// The transport of a `--fs` device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1016,48 +1013,24 @@ impl PciFs {
     }
 
     fn activate(&mut self) -> Result<()> {
-        let max = self.fs.queue_max_sizes().to_vec();
-        let ram = self.mem.memory();
-        let mut queues = Vec::new();
-        for (index, (r, &m)) in self.queues.iter().zip(&max).enumerate() {
-            let mut q = Queue::new(m).context("queue")?;
-            if r.ready {
-                q.try_set_size(r.size)
-                    .map_err(|e| anyhow::anyhow!("queue {index}: size {}: {e:?}", r.size))?;
-                q.try_set_desc_table_address(GuestAddress(r.desc))
-                    .map_err(|e| {
-                        anyhow::anyhow!("queue {index}: descriptors {:#x}: {e:?}", r.desc)
-                    })?;
-                q.try_set_avail_ring_address(GuestAddress(r.avail))
-                    .map_err(|e| {
-                        anyhow::anyhow!("queue {index}: driver area {:#x}: {e:?}", r.avail)
-                    })?;
-                q.try_set_used_ring_address(GuestAddress(r.used))
-                    .map_err(|e| {
-                        anyhow::anyhow!("queue {index}: device area {:#x}: {e:?}", r.used)
-                    })?;
-                // Checked here, before the device is touched: the crate refuses such queues too,
-                // but only after it has used up its connection to the backend, which a backend
-                // that serves one connection (virtiofsd) does not give again.
-                let size = usize::from(r.size);
-                for (what, at, len) in [
-                    ("descriptor table", r.desc, 16 * size),
-                    ("driver area", r.avail, 6 + 2 * size),
-                    ("device area", r.used, 6 + 8 * size),
-                ] {
-                    if !ram.check_range(GuestAddress(at), len) {
-                        bail!("queue {index}: {what} at {at:#x} ({len} bytes) is not in guest RAM");
-                    }
-                }
-            }
-            q.set_ready(r.ready);
-            queues.push(ActivateQueue {
-                index,
-                queue: q,
-                kick: self.kicks[index].try_clone().context("eventfd")?,
-                call: self.calls[index].try_clone().context("eventfd")?,
-            });
-        }
+        let driver: Vec<DriverQueue> = self
+            .queues
+            .iter()
+            .map(|r| DriverQueue {
+                size: r.size,
+                ready: r.ready,
+                desc: r.desc,
+                avail: r.avail,
+                used: r.used,
+            })
+            .collect();
+        let queues = activate_queues(
+            &driver,
+            self.fs.queue_max_sizes(),
+            &self.mem.memory(),
+            &self.kicks,
+            &self.calls,
+        )?;
         self.fs
             .activate(self.mem.clone(), self.irq.clone(), queues)
             .context("Fs::activate")
