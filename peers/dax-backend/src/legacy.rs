@@ -114,9 +114,8 @@ impl LegacyChannel {
         }
         info!("legacy mode: backend channel is fd {fd} (dup {dup})");
         // SAFETY: `dup` is a fresh fd owned by nobody else.
-        Ok(LegacyChannel {
-            sock: unsafe { UnixStream::from_raw_fd(dup) },
-        })
+        let sock = unsafe { UnixStream::from_raw_fd(dup) };
+        Ok(LegacyChannel { sock })
     }
 
     /// For tests: wrap a stream directly.
