@@ -47,6 +47,7 @@ cargo fmt --all -- --check
 step "clippy (every feature combination)"
 cargo clippy --all-targets -- "${CLIPPY_FLAGS[@]}"
 cargo clippy --all-targets --all-features -- "${CLIPPY_FLAGS[@]}"
+(cd peers/dax-backend && cargo clippy --release --locked --all-targets -- "${CLIPPY_FLAGS[@]}")
 
 step "tests"
 cargo test
