@@ -546,6 +546,16 @@ fn boot(m: &Machine, boot_no: u32) -> Result<Event> {
         let _ = t.join();
     }
     while events.try_recv().is_ok() {}
+    // Take every eventfd out of this VM before the next one takes them: the first VM lives on
+    // in the PCI bus, and KVM wakes only the oldest irqfd of an eventfd.
+    for d in lock(&platform.devices).iter() {
+        if let Err(e) = d.unwire(&vm) {
+            eprintln!("dax-vmm: {e:#}");
+        }
+    }
+    if let Err(e) = vm.unregister_irqfd(serial_irq, COM1_GSI) {
+        eprintln!("dax-vmm: serial KVM_IRQFD deassign: {e}");
+    }
     Ok(event)
 }
 

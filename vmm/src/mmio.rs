@@ -124,6 +124,21 @@ impl MmioFs {
         Ok(())
     }
 
+    /// Disconnects the device from `vm`, which the VMM is done with. Needed even though the VM
+    /// goes away: an eventfd with irqfds in two VMs wakes only the older one (KVM's irqfds are
+    /// exclusive waiters), so a VM that something still holds would swallow every interrupt.
+    pub fn unwire(&self, vm: &VmFd) -> Result<()> {
+        vm.unregister_irqfd(&self.irq.0, self.gsi)
+            .context("KVM_IRQFD deassign")?;
+        for (i, (kick, call)) in self.kicks.iter().zip(&self.calls).enumerate() {
+            vm.unregister_ioevent(kick, &IoEventAddress::Mmio(self.base + 0x50), i as u32)
+                .context("KVM_IOEVENTFD deassign")?;
+            vm.unregister_irqfd(call, self.gsi)
+                .context("KVM_IRQFD deassign")?;
+        }
+        Ok(())
+    }
+
     /// The platform reset (the guest rebooted): the device resets as on a status write of 0.
     pub fn platform_reset(&mut self) {
         // Silent: the VMM reports the platform reset itself.
