@@ -573,11 +573,16 @@ fn watch_backends(platform: &Platform) {
             d.lost_backend = true;
         }
         if d.lost_backend {
-            // Not back yet: try again on the next tick.
-            if d.fs_mut().reconnect().is_ok() {
-                eprintln!("dax-vmm: virtio-fs {}: backend reconnected", d.fs().tag());
-                d.lost_backend = false;
-                d.counters.reconnects += 1;
+            match d.fs_mut().reconnect() {
+                Ok(()) => {
+                    eprintln!("dax-vmm: virtio-fs {}: backend reconnected", d.fs().tag());
+                    d.lost_backend = false;
+                    d.counters.reconnects += 1;
+                }
+                // The driver reset the device meanwhile: its next activation connects anew.
+                Err(virtio_fs_dax::device::Error::NotActivated) => d.lost_backend = false,
+                // Not back yet: try again on the next tick.
+                Err(_) => {}
             }
         }
     }
