@@ -16,6 +16,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::queues::{activate_queues, DriverQueue};
 
+/// Guest mistakes logged per device; the rest are only counted.
+const LOGGED_MISTAKES: u64 = 20;
+
 /// Size of the register page.
 pub const MMIO_LEN: u64 = 0x1000;
 
@@ -139,6 +142,23 @@ impl MmioFs {
         Ok(())
     }
 
+    /// Counts a register access the device refuses, and logs the first ones.
+    fn bad(&mut self, what: std::fmt::Arguments<'_>) {
+        self.counters.bad_accesses += 1;
+        if self.counters.bad_accesses <= LOGGED_MISTAKES {
+            eprintln!(
+                "dax-vmm: virtio-fs {} (virtio-mmio at {:#x}): {what}, ignored{}",
+                self.fs.tag(),
+                self.base,
+                if self.counters.bad_accesses == LOGGED_MISTAKES {
+                    "; later ones are only counted"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+
     /// The platform reset (the guest rebooted): the device resets as on a status write of 0.
     pub fn platform_reset(&mut self) {
         // Silent: the VMM reports the platform reset itself.
@@ -204,7 +224,7 @@ impl MmioFs {
             o => match self.shm.read(o) {
                 Some(v) => v,
                 None => {
-                    self.counters.bad_accesses += 1;
+                    self.bad(format_args!("read of unknown register {o:#x}"));
                     0
                 }
             },
@@ -256,7 +276,7 @@ impl MmioFs {
             0x0a4 => self.queue().map_or((), |q| set_hi(&mut q.used)),
             o => {
                 if !self.shm.write(o, v) {
-                    self.counters.bad_accesses += 1;
+                    self.bad(format_args!("write of {v:#x} to unknown register {o:#x}"));
                 }
             }
         }
