@@ -19,7 +19,8 @@
 #   VFD_KILL=1: kill and restart the backend in the second boot.
 #   VFD_BACKEND=virtiofsd: against virtiofsd instead (no DAX), one boot: the device is configured
 #   with a window and `fallback=disable`, so it finds out at connect that virtiofsd cannot serve
-#   it and offers none; the guest says so, `dax=always` is refused, a plain mount reads and writes.
+#   it and offers none; the guest says so, `dax=always` is refused, a plain mount reads and writes;
+#   then it writes and reads two registers virtio-mmio does not have (logged and counted).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . vmm/scripts/common.sh
@@ -160,6 +161,12 @@ if [ -e /kill ] && [ "$boot" = 2 ]; then
     timeout 20 cat /mnt/unread-until-restart >/dev/null || fail "reading after the reset"
 fi
 umount /mnt || fail "umount"
+if [ -e /nodax ] && [ ! -e /pci ]; then
+    # Registers the device does not have: refused, logged and counted, and the VM goes on.
+    devmem 0xd00000c0 32 0xdeadbeef
+    devmem 0xd00000d0 32 >/dev/null
+    echo "guest: wrote and read two registers virtio-mmio does not have"
+fi
 echo "guest: every check passed"
 report 0
 INIT
@@ -257,7 +264,13 @@ if [ "$status" = 0 ]; then
     # restarted backend); the device dropped them at the kill, so it refuses them (not mapped).
     refusals=0
     [ "${VFD_KILL:-}" = 1 ] && refusals="[0-9]*"
-    grep -q "refusals $refusals, bad register accesses 0, failed activations 0" "$work/vmm.err" || {
+    bad=0
+    if [ "$dax" = 0 ] && [ "$transport" = mmio ]; then
+        bad=2
+        grep -q "write of 0xdeadbeef to unknown register 0xc0, ignored" "$work/vmm.err" ||
+            { echo "dax-smoke: no log line for the guest's bad register write" >&2; status=1; }
+    fi
+    grep -q "refusals $refusals, bad register accesses $bad, failed activations 0" "$work/vmm.err" || {
         echo "dax-smoke: refusals or bad accesses in the VMM's counters" >&2
         status=1
     }
