@@ -163,6 +163,11 @@ fi
 umount /mnt || fail "umount"
 if [ -e /nodax ] && [ ! -e /pci ]; then
     # Registers the device does not have: refused, logged and counted, and the VM goes on.
+    # The driver lets go of the register page first (the kernel keeps /dev/mem off a page a
+    # driver holds).
+    for d in /sys/bus/platform/drivers/virtio-mmio/*:*; do
+        echo "${d##*/}" >/sys/bus/platform/drivers/virtio-mmio/unbind
+    done
     devmem 0xd00000c0 32 0xdeadbeef
     devmem 0xd00000d0 32 >/dev/null
     echo "guest: wrote and read two registers virtio-mmio does not have"
