@@ -62,15 +62,17 @@ step "real guest: dax-vmm boots Linux, which mounts with dax=always (KVM directl
     cargo build --release --locked)
 (cd vmm/guest-tool && cargo fmt -- --check &&
     cargo clippy --release --locked -- "${CLIPPY_FLAGS[@]}" && cargo build --release --locked)
-# One L1 boot for all of it where the route is nested: the KVM check, a plain boot, and the DAX
-# mount against the dax-backend process in both dialects (each with a reboot; the standard one
-# also with the backend killed and restarted), against virtiofsd; then over virtio-pci, a guest
-# that misuses the PCI function, and virtio-mmio and virtio-pci in one guest.
-bash scripts/with-kvm.sh bash -c 'python3 scripts/kvm-check.py && bash vmm/scripts/boot-smoke.sh &&
-    VFD_KILL=1 bash vmm/scripts/dax-smoke.sh && VFD_DIALECT=legacy bash vmm/scripts/dax-smoke.sh &&
-    VFD_BACKEND=virtiofsd bash vmm/scripts/dax-smoke.sh &&
-    VFD_TRANSPORT=pci bash vmm/scripts/dax-smoke.sh && bash vmm/scripts/pci-abuse.sh &&
-    bash vmm/scripts/pci-mixed.sh'
+# Two L1 boots where the route is nested (each bounded by VFD_L1_TIMEOUT, retried once if L1
+# itself locks up). First, virtio-mmio: the KVM check, a plain boot, and the DAX mount against the
+# dax-backend process in both dialects (each with a reboot; the standard one also with the
+# backend killed and restarted), then against virtiofsd.
+VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1500} bash scripts/with-kvm.sh bash -c 'python3 scripts/kvm-check.py &&
+    bash vmm/scripts/boot-smoke.sh && VFD_KILL=1 bash vmm/scripts/dax-smoke.sh &&
+    VFD_DIALECT=legacy bash vmm/scripts/dax-smoke.sh && VFD_BACKEND=virtiofsd bash vmm/scripts/dax-smoke.sh'
+# Then virtio-pci: the DAX mount, a guest that misuses the PCI function, and virtio-mmio and
+# virtio-pci in one guest.
+VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1500} bash scripts/with-kvm.sh bash -c 'VFD_TRANSPORT=pci bash vmm/scripts/dax-smoke.sh &&
+    bash vmm/scripts/pci-abuse.sh && bash vmm/scripts/pci-mixed.sh'
 
 step "miri (the decoder and the range bookkeeping)"
 # The pure modules under Miri: the decoder (src/protocol, bodies at every alignment) and
