@@ -3,19 +3,23 @@
 
 //! `dax-vmm`: the reference VMM of virtio-fs-dax, built on the rust-vmm crates.
 //!
-//! This first step boots a Linux bzImage with an initramfs and a command line on KVM: guest RAM
-//! of a given size, one vCPU, ACPI tables (RSDP, XSDT, hardware-reduced FADT, MADT, DSDT), an
-//! 8250 serial console on stdout (vm-superio), and an exit port the guest writes its status to
-//! (`0xf4`, one byte, as QEMU's isa-debug-exit), which ends the process with that status. A guest
-//! that powers off (ACPI S5) ends it with status 0.
+//! It boots a Linux bzImage with an initramfs and a command line on KVM: guest RAM of a given
+//! size, one or more vCPUs (a thread each), ACPI tables (RSDP, XSDT, hardware-reduced FADT, MADT,
+//! DSDT), an 8250 serial console on stdout (vm-superio), and an exit port the guest writes its
+//! status to (`0xf4`, one byte, as QEMU's isa-debug-exit), which ends the process with that
+//! status. A guest that powers off (ACPI S5) ends it with status 0; one that resets gets a new
+//! VM around the same RAM and devices.
 //!
-//! One or more virtio-fs devices on virtio-mmio (described in the DSDT as `LNRO0005`), each the
-//! crate's `Fs` with its DAX window placed above 4 GiB and registered as a KVM memory slot
-//! through the crate's `MemoryManager`:
+//! One or more virtio-fs devices, each the crate's `Fs`, on virtio-mmio (described in the DSDT
+//! as `LNRO0005`, the window above 4 GiB) or on virtio-pci (`pci.rs`, the window as BAR 2), the
+//! window a KVM memory slot through the crate's `MemoryManager`. The VMM's thread watches the
+//! backends and reconnects a restarted one.
 //!
 //! ```text
-//! dax-vmm --kernel bzImage --initrd initrd.img [--cmdline "..."] [--mem-mib 512]
-//!         [--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy][,transport=mmio|pci]]...
+//! dax-vmm --kernel bzImage --initrd initrd.img [--cmdline "..."] [--mem-mib 512] [--cpus 1]
+//!         [--max-reboots 4]
+//!         [--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy][,fallback=fail|disable]
+//!               [,transport=mmio|pci]]...
 //! ```
 
 mod acpi;
