@@ -25,6 +25,7 @@
 mod acpi;
 mod boot;
 mod mce;
+mod mistakes;
 mod mmio;
 mod msix;
 mod pci;

@@ -14,10 +14,8 @@ use virtio_fs_dax::Fs;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::mistakes::MistakeLog;
 use crate::queues::{activate_queues, DriverQueue};
-
-/// Guest mistakes logged per device; the rest are only counted.
-const LOGGED_MISTAKES: u64 = 20;
 
 /// Size of the register page.
 pub const MMIO_LEN: u64 = 0x1000;
@@ -70,6 +68,7 @@ pub struct MmioFs {
     pub counters: Counters,
     /// The backend went away and has not been reconnected yet.
     pub lost_backend: bool,
+    mistakes: MistakeLog,
 }
 
 impl MmioFs {
@@ -110,6 +109,7 @@ impl MmioFs {
             shm,
             counters: Counters::default(),
             lost_backend: false,
+            mistakes: MistakeLog::default(),
         })
     }
 
@@ -145,18 +145,14 @@ impl MmioFs {
     /// Counts a register access the device refuses, and logs the first ones.
     fn bad(&mut self, what: std::fmt::Arguments<'_>) {
         self.counters.bad_accesses += 1;
-        if self.counters.bad_accesses <= LOGGED_MISTAKES {
-            eprintln!(
-                "dax-vmm: virtio-fs {} (virtio-mmio at {:#x}): {what}, ignored{}",
+        self.mistakes.log(
+            format_args!(
+                "virtio-fs {} (virtio-mmio at {:#x})",
                 self.fs.tag(),
-                self.base,
-                if self.counters.bad_accesses == LOGGED_MISTAKES {
-                    "; later ones are only counted"
-                } else {
-                    ""
-                }
-            );
-        }
+                self.base
+            ),
+            format_args!("{what}, ignored"),
+        );
     }
 
     /// The platform reset (the guest rebooted): the device resets as on a status write of 0.

@@ -80,6 +80,7 @@ use virtio_fs_dax::Fs;
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::mistakes::MistakeLog;
 use crate::msix::{self, MsixTable, NO_VECTOR};
 use crate::queues::{activate_queues, DriverQueue};
 
@@ -180,9 +181,6 @@ const WINDOW_BAR: u8 = 2;
 const STATUS_DRIVER_OK: u8 = 0x4;
 const STATUS_FEATURES_OK: u8 = 0x8;
 const STATUS_NEEDS_RESET: u8 = 0x40;
-
-/// How many guest mistakes a device logs before it only counts them.
-const LOG_LIMIT: u64 = 20;
 
 /// A memory manager between the crate's `Fs` and the VMM's: it passes the window's memory slot
 /// through while the BAR's memory decoding is on, and takes it out while it is off. The crate
@@ -524,21 +522,13 @@ struct PciFs {
     config_vector: u16,
     status: u8,
     counters: Counters,
-    logged: u64,
+    mistakes: MistakeLog,
 }
 
 impl PciFs {
     fn log(&mut self, msg: std::fmt::Arguments<'_>) {
-        self.logged += 1;
-        if self.logged <= LOG_LIMIT {
-            eprintln!("dax-vmm: virtio-fs {} (pci): {msg}", self.tag);
-            if self.logged == LOG_LIMIT {
-                eprintln!(
-                    "dax-vmm: virtio-fs {} (pci): further guest mistakes are only counted",
-                    self.tag
-                );
-            }
-        }
+        self.mistakes
+            .log(format_args!("virtio-fs {} (pci)", self.tag), msg);
     }
 
     fn bad(&mut self, msg: std::fmt::Arguments<'_>) {
@@ -1246,7 +1236,7 @@ impl PciBus {
             config_vector: NO_VECTOR,
             status: 0,
             counters: Counters::default(),
-            logged: 0,
+            mistakes: MistakeLog::default(),
         };
         dev.set_ioeventfds(Some(regs_at));
         if dev.counters.wiring_failures > 0 {
