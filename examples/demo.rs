@@ -29,7 +29,7 @@ use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vm_memory::{GuestAddress, GuestMemoryAtomic};
 
-use virtio_fs_dax::device::{VirtioDevice, VirtioInterrupt, VirtioInterruptType};
+use virtio_fs_dax::device::{VirtioInterrupt, VirtioInterruptType};
 use virtio_fs_dax::frontend::DaxFallback;
 use virtio_fs_dax::test_utils::guest::fuse::{self, FUSE_ROOT_ID};
 use virtio_fs_dax::test_utils::{guest_read, memfd_guest_memory, FuseSession, SplitQueueDriver};

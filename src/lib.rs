@@ -129,7 +129,7 @@ pub mod transport;
 pub mod window;
 
 pub use channel::{BackendChannel, BackendChannelBuilder, ChannelThread, Outcome, RequestError};
-pub use device::{Fs, FsBuilder, VirtioDevice};
+pub use device::{Fs, FsBuilder};
 pub use io::IoSpace;
 pub use metrics::{FsMetrics, LatencyHistogram, Refusal};
 pub use protocol::Dialect;

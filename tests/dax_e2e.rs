@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{perms_at, PeerProcess, MIB};
-use virtio_fs_dax::device::VirtioDevice;
 use virtio_fs_dax::test_utils::guest::fuse::FUSE_ROOT_ID;
 use virtio_fs_dax::test_utils::{guest_read, guest_write, FuseSession};
 use virtio_fs_dax::{Dialect, Fs};

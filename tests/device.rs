@@ -17,7 +17,7 @@ use vhost::vhost_user::VhostUserFrontendReqHandler;
 use vm_memory::GuestMemoryAtomic;
 
 use common::*;
-use virtio_fs_dax::device::{Error, VirtioDevice};
+use virtio_fs_dax::device::Error;
 use virtio_fs_dax::test_utils::{FakeMemoryManager, TestBackendConfig, TestBackendServer};
 use virtio_fs_dax::{Dialect, Fs};
 

@@ -20,7 +20,6 @@ use std::time::Duration;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
-use virtio_fs_dax::device::VirtioDevice;
 use virtio_fs_dax::frontend::DaxFallback;
 use virtio_fs_dax::protocol::{Access, MapEntry};
 use virtio_fs_dax::test_utils::guest::fuse::FUSE_ROOT_ID;

@@ -30,7 +30,6 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use common::*;
 use virtio_fs_dax::channel::{Error as ChannelError, DRAIN_BUDGET};
-use virtio_fs_dax::device::VirtioDevice;
 use virtio_fs_dax::protocol::{
     standard, Access, MapEntry, Range, FLAG_NEED_REPLY, HEADER_SIZE, VERSION,
 };

@@ -17,7 +17,7 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
 use vm_memory::GuestMemoryAtomic;
 
 use common::*;
-use virtio_fs_dax::device::{Error, VirtioDevice};
+use virtio_fs_dax::device::Error;
 use virtio_fs_dax::frontend::{self, DaxFallback, VIRTIO_F_VERSION_1};
 use virtio_fs_dax::{Dialect, Fs};
 

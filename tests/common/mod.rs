@@ -461,7 +461,6 @@ pub fn start_virtiofsd(socket: &std::path::Path, shared: &std::path::Path) -> Pe
 pub fn activate_with_guest(
     fs: &mut virtio_fs_dax::Fs,
 ) -> Result<virtio_fs_dax::test_utils::FuseSession, virtio_fs_dax::device::Error> {
-    use virtio_fs_dax::device::VirtioDevice;
     use virtio_fs_dax::test_utils::{memfd_guest_memory, FuseSession, SplitQueueDriver};
     use vm_memory::{GuestAddress, GuestMemoryAtomic};
     let mem = memfd_guest_memory(64 << 20).unwrap();

@@ -40,7 +40,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use virtio_fs_dax::device::VirtioDevice;
 use virtio_fs_dax::frontend::DaxFallback;
 use virtio_fs_dax::memory::{MemoryManager, WindowRegion};
 use virtio_fs_dax::{Dialect, Fs};

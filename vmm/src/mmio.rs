@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use virtio_fs_dax::device::{VirtioDevice, VirtioInterrupt, VirtioInterruptType};
+use virtio_fs_dax::device::{VirtioInterrupt, VirtioInterruptType};
 use virtio_fs_dax::transport::MmioShmRegs;
 use virtio_fs_dax::Fs;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};

@@ -73,7 +73,7 @@ use kvm_bindings::{
     KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
-use virtio_fs_dax::device::{VirtioDevice, VirtioInterrupt, VirtioInterruptType};
+use virtio_fs_dax::device::{VirtioInterrupt, VirtioInterruptType};
 use virtio_fs_dax::memory::{MemoryManager, WindowRegion};
 use virtio_fs_dax::transport::ShmBar;
 use virtio_fs_dax::Fs;

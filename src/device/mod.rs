@@ -1,28 +1,28 @@
 // Copyright 2026 The virtio-fs-dax Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The virtio-fs device: [`Fs`], a [`VirtioDevice`] whose queues are served by a vhost-user
+//! The virtio-fs device: [`Fs`], a [`Fs`] whose queues are served by a vhost-user
 //! backend and whose DAX window is this crate's [`DaxWindow`].
 //!
 //! # Wiring it into a VMM
 //!
 //! 1. Build it: [`Fs::builder`] with the tag, queue count and size, backend socket, window size
 //!    (0 for no DAX), dialect and policies. Bad configuration is a typed [`Error`].
-//! 2. [`Fs::connect`] before the guest can see the device, so [`VirtioDevice::features`] can
+//! 2. [`Fs::connect`] before the guest can see the device, so [`Fs::features`] can
 //!    offer what the backend supports (EVENT_IDX, INDIRECT_DESC), and so the device knows whether
 //!    the backend can serve the window before the guest probes it: with
 //!    [`DaxFallback::Disable`] a backend that cannot (virtiofsd 1.14) gets a device without a
 //!    window ([`Fs::window_offered`]), with [`DaxFallback::Fail`] `connect` fails. Without
 //!    `connect`, only `VIRTIO_F_VERSION_1` is offered, activation connects, and the window is
 //!    offered whatever the backend.
-//! 3. Expose shared memory region 0 ([`VirtioDevice::shm_regions`], empty when there is no
+//! 3. Expose shared memory region 0 ([`Fs::shm_regions`], empty when there is no
 //!    window) through the transport: a PCI BAR with [`crate::transport::shm_pci_cap`], or the
 //!    MMIO SHM registers ([`crate::transport::MmioShmRegs`]). Allocate its guest address with
-//!    [`crate::transport::window_resource_constraint`], then call [`VirtioDevice::set_shm_base`]:
+//!    [`crate::transport::window_resource_constraint`], then call [`Fs::set_shm_base`]:
 //!    the device registers the window through the VMM's [`MemoryManager`] (and again on every
 //!    BAR move).
-//! 4. On `DRIVER_OK`, [`VirtioDevice::activate`] with the guest memory, the interrupt and the
-//!    queues with their kick and call eventfds. On device reset, [`VirtioDevice::reset`]: it
+//! 4. On `DRIVER_OK`, [`Fs::activate`] with the guest memory, the interrupt and the
+//!    queues with their kick and call eventfds. On device reset, [`Fs::reset`]: it
 //!    stops the backend channel thread, then drops every mapping (a new window generation: no
 //!    request of the old session can map again), then sends `RESET_DEVICE`, each step bounded
 //!    by [`FsBuilder::shutdown_timeout`].
@@ -31,7 +31,7 @@
 //!    killed backend's end closes); call [`Fs::reconnect`] once it is back.
 //!
 //! A VMM with its own device trait implements it by forwarding to these methods: every
-//! [`VirtioDevice`] method is a thin call into `Fs`.
+//! [`Fs`] method is a thin call into `Fs`.
 //!
 //! # Example
 //!
@@ -43,13 +43,12 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //!
-//! use virtio_fs_dax::device::{ActivateQueue, VirtioDevice, VirtioInterrupt, VirtioInterruptType};
+//! use virtio_fs_dax::device::{ActivateQueue, VirtioInterrupt, VirtioInterruptType};
 //! use virtio_fs_dax::test_utils::{FakeMemoryManager, TestBackendConfig, TestBackendServer};
 //! use virtio_fs_dax::Fs;
 //! use virtio_queue::{Queue, QueueT};
 //! use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
-//! use vmm_sys_util::eventfd::EventFd;
-//!
+//! //!
 //! # let dir = tempfile::tempdir()?;
 //! # let socket = dir.path().join("fs.sock");
 //! # let backend = TestBackendServer::start(&socket, TestBackendConfig::default())?;
@@ -106,23 +105,34 @@
 //! # fn main() {}
 //! ```
 
-use std::io;
+mod builder;
+mod error;
+mod interrupt;
+mod queue;
+mod shm;
+mod snapshot;
+
+pub use builder::FsBuilder;
+pub use error::{Error, Result};
+pub use interrupt::{VirtioInterrupt, VirtioInterruptType};
+pub use queue::ActivateQueue;
+pub use shm::{SharedMemoryRegion, UserspaceMapping};
+pub use snapshot::FsSnapshot;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use virtio_queue::{Queue, QueueState, QueueT};
+use virtio_queue::{QueueState, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::frontend::{self, Connection, DaxFallback, Session, SessionConfig, VringSetup};
 use crate::io::IoSpace;
 use crate::memory::{MemoryManager, WindowRegion};
 use crate::metrics::FsMetrics;
-use crate::protocol::Dialect;
+
 use crate::transport::{self, VirtioFsConfig, VIRTIO_FS_SHMCAP_ID_CACHE, VIRTIO_ID_FS};
-use crate::window::{self, DaxWindow};
+use crate::window::DaxWindow;
 
 /// `VIRTIO_RING_F_INDIRECT_DESC`.
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
@@ -132,326 +142,6 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Most request queues a device may have.
 pub const MAX_REQUEST_QUEUES: u32 = 64;
-
-/// Errors of the device.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The tag or queue count is invalid.
-    #[error("invalid configuration")]
-    Config(#[source] transport::ConfigError),
-    /// Too many request queues.
-    #[error("{0} request queues, at most {MAX_REQUEST_QUEUES}")]
-    TooManyQueues(u32),
-    /// The queue size is not a power of two in 1..=32768.
-    #[error("queue size {0} is not a power of two of at most {MAX_QUEUE_SIZE}")]
-    QueueSize(u16),
-    /// No backend socket path was given.
-    #[error("no backend socket path")]
-    NoSocket,
-    /// The window could not be created.
-    #[error("DAX window")]
-    Window(#[source] window::Error),
-    /// The vhost-user session failed.
-    #[error("vhost-user session")]
-    Session(#[source] frontend::Error),
-    /// The VMM's memory manager refused the window.
-    #[error("memory manager refused the window at {gpa:#x}")]
-    Memory {
-        /// Guest physical address.
-        gpa: u64,
-        /// Its error.
-        #[source]
-        source: io::Error,
-    },
-    /// The window's guest address is not 2 MiB aligned, or the device has no such region.
-    #[error("shared memory region {id} at {gpa:#x}: no such region or not 2 MiB aligned")]
-    ShmBase {
-        /// Region id.
-        id: u8,
-        /// Guest physical address.
-        gpa: u64,
-    },
-    /// The DAX window was withdrawn at [`Fs::connect`] ([`DaxFallback::Disable`] with a backend
-    /// that cannot serve it): the device offers no shared memory region to place.
-    #[error(
-        "shared memory region {id}: the DAX window was withdrawn at connect, the backend lacks \
-         {missing:?} ({dialect:?} dialect)"
-    )]
-    WindowWithdrawn {
-        /// Region id asked for.
-        id: u8,
-        /// Protocol features the backend lacked.
-        missing: VhostUserProtocolFeatures,
-        /// Dialect configured.
-        dialect: Dialect,
-    },
-    /// Registering the window in the IO space failed.
-    #[error("IO space")]
-    Io(#[source] crate::io::Error),
-    /// Activation with the wrong number of queues.
-    #[error("activate with {got} queues, the device has {expected}")]
-    QueueCount {
-        /// Queues given.
-        got: usize,
-        /// Queues the device has.
-        expected: usize,
-    },
-    /// The device is not activated.
-    #[error("the device is not activated")]
-    NotActivated,
-    /// Snapshot refused: the window has live mappings, whose file descriptors cannot be saved.
-    #[error("snapshot refused: {live} live DAX mappings")]
-    SnapshotWithMappings {
-        /// Live mappings.
-        live: usize,
-    },
-    /// A snapshot does not match this device or is malformed.
-    #[error("snapshot does not match the device: {0}")]
-    BadSnapshot(&'static str),
-}
-
-/// Result of device operations.
-pub type Result<T> = std::result::Result<T, Error>;
-
-/// Kinds of interrupt a device raises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VirtioInterruptType {
-    /// Configuration change.
-    Config,
-    /// Used buffers on a queue.
-    Queue(u16),
-}
-
-/// The VMM's interrupt delivery.
-pub trait VirtioInterrupt: Send + Sync {
-    /// Raises an interrupt.
-    fn trigger(&self, int_type: VirtioInterruptType) -> io::Result<()>;
-}
-
-/// A queue handed to [`VirtioDevice::activate`].
-#[derive(Debug)]
-pub struct ActivateQueue {
-    /// Queue index.
-    pub index: usize,
-    /// The queue as the driver configured it.
-    pub queue: Queue,
-    /// Eventfd the guest's notifications write (ioeventfd).
-    pub kick: EventFd,
-    /// Eventfd the backend writes to interrupt the guest (irqfd).
-    pub call: EventFd,
-}
-
-/// A virtio shared memory region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SharedMemoryRegion {
-    /// Region id (0: the DAX cache window).
-    pub id: u8,
-    /// Guest physical address, once placed.
-    pub gpa: Option<u64>,
-    /// Length.
-    pub len: u64,
-    /// Host address of the memory behind it.
-    pub host_addr: u64,
-}
-
-/// Host memory the VMM must map into the guest for this device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UserspaceMapping {
-    /// Host virtual address.
-    pub host_addr: u64,
-    /// Guest physical address.
-    pub gpa: u64,
-    /// Length.
-    pub len: u64,
-}
-
-/// A virtio device as a cloud-hypervisor-style VMM drives it, as small as a VMM needs.
-pub trait VirtioDevice: Send {
-    /// Virtio device type.
-    fn device_type(&self) -> u32;
-    /// Maximum size of each queue.
-    fn queue_max_sizes(&self) -> &[u16];
-    /// Features offered to the driver.
-    fn features(&self) -> u64;
-    /// Records the features the driver acked (only offered ones are kept).
-    fn ack_features(&mut self, value: u64);
-    /// Reads the device configuration space; bytes outside it read as 0.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the device configuration space (virtio-fs has nothing writable).
-    fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// Activates the device.
-    fn activate(
-        &mut self,
-        mem: GuestMemoryAtomic<GuestMemoryMmap>,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivateQueue>,
-    ) -> Result<()>;
-    /// Resets the device; returns the interrupt it was activated with.
-    fn reset(&mut self) -> Option<Arc<dyn VirtioInterrupt>>;
-    /// Shared memory regions.
-    fn shm_regions(&self) -> Vec<SharedMemoryRegion>;
-    /// Places (or moves) shared memory region `id` at `gpa`.
-    fn set_shm_base(&mut self, id: u8, gpa: u64) -> Result<()>;
-    /// Host memory the VMM maps into the guest for this device.
-    fn userspace_mappings(&self) -> Vec<UserspaceMapping>;
-}
-
-/// Builder for [`Fs`].
-#[derive(Debug)]
-pub struct FsBuilder {
-    tag: String,
-    request_queues: u32,
-    queue_size: u16,
-    socket_path: Option<std::path::PathBuf>,
-    window_size: u64,
-    dialect: Dialect,
-    replace_exact: bool,
-    dax_fallback: DaxFallback,
-    memory: Option<Arc<dyn MemoryManager>>,
-    io: Option<Arc<IoSpace>>,
-    connect_attempts: u32,
-    connect_interval: Duration,
-    shutdown_timeout: Duration,
-    max_mappings: usize,
-    granule: Option<u64>,
-}
-
-impl std::fmt::Debug for dyn MemoryManager {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MemoryManager")
-    }
-}
-
-impl FsBuilder {
-    /// Request queues (the high-priority queue comes on top). Default 1.
-    pub fn request_queues(mut self, n: u32) -> Self {
-        self.request_queues = n;
-        self
-    }
-    /// Size of every queue. Default 1024.
-    pub fn queue_size(mut self, size: u16) -> Self {
-        self.queue_size = size;
-        self
-    }
-    /// The backend's vhost-user socket.
-    pub fn socket_path(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.socket_path = Some(path.into());
-        self
-    }
-    /// DAX window size: 0 for none, else a power of two of at least 2 MiB.
-    pub fn window_size(mut self, size: u64) -> Self {
-        self.window_size = size;
-        self
-    }
-    /// Backend-channel dialect. Default standard.
-    pub fn dialect(mut self, dialect: Dialect) -> Self {
-        self.dialect = dialect;
-        self
-    }
-    /// Standard dialect: allow exact-range replace (the Linux guest's writable upgrade).
-    pub fn replace_exact(mut self, enable: bool) -> Self {
-        self.replace_exact = enable;
-        self
-    }
-    /// What to do when the backend cannot serve the window. Default [`DaxFallback::Fail`]:
-    /// [`Fs::connect`] (or activation, without it) fails. [`DaxFallback::Disable`]: `connect`
-    /// withdraws the window (see [`Fs::window_offered`]).
-    pub fn dax_fallback(mut self, fallback: DaxFallback) -> Self {
-        self.dax_fallback = fallback;
-        self
-    }
-    /// The VMM's memory manager, which registers the window as guest memory.
-    pub fn memory_manager(mut self, memory: Arc<dyn MemoryManager>) -> Self {
-        self.memory = Some(memory);
-        self
-    }
-    /// The VM-wide IO space for FS_IO (shared by every virtio-fs device). Default: a private
-    /// one with this device's window only, and guest RAM added at activation.
-    pub fn io_space(mut self, io: Arc<IoSpace>) -> Self {
-        self.io = Some(io);
-        self
-    }
-    /// Connection attempts and the pause between them. Default 50 × 100 ms.
-    pub fn connect_retry(mut self, attempts: u32, interval: Duration) -> Self {
-        self.connect_attempts = attempts;
-        self.connect_interval = interval;
-        self
-    }
-
-    /// Bound on each step of ending a session (reset, a lost backend, reconnect, drop): joining
-    /// the backend channel thread, and the backend's answer to `RESET_DEVICE`. Default 2 s.
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.shutdown_timeout = timeout;
-        self
-    }
-    /// Most live mappings in the window ([`crate::window::DaxWindowBuilder::max_mappings`]).
-    /// Default [`window::DEFAULT_MAX_MAPPINGS`].
-    pub fn max_mappings(mut self, max: usize) -> Self {
-        self.max_mappings = max;
-        self
-    }
-    /// Smallest map unit in the window ([`crate::window::DaxWindowBuilder::granule`]). Default
-    /// the page size; `2 << 20` fits a device served to Linux guests only.
-    pub fn map_granule(mut self, granule: u64) -> Self {
-        self.granule = Some(granule);
-        self
-    }
-
-    /// Validates the configuration, reserves the window and builds the device. Does not connect.
-    pub fn build(self) -> Result<Fs> {
-        let config = VirtioFsConfig::new(&self.tag, self.request_queues).map_err(Error::Config)?;
-        if self.request_queues > MAX_REQUEST_QUEUES {
-            return Err(Error::TooManyQueues(self.request_queues));
-        }
-        if self.queue_size == 0
-            || self.queue_size > MAX_QUEUE_SIZE
-            || !self.queue_size.is_power_of_two()
-        {
-            return Err(Error::QueueSize(self.queue_size));
-        }
-        let socket_path = self.socket_path.ok_or(Error::NoSocket)?;
-        let metrics = Arc::new(FsMetrics::new());
-        let window = match self.window_size {
-            0 => None,
-            size => {
-                let mut b = DaxWindow::builder(size)
-                    .metrics(metrics.clone())
-                    .max_mappings(self.max_mappings);
-                if let Some(g) = self.granule {
-                    b = b.granule(g);
-                }
-                Some(Arc::new(b.build().map_err(Error::Window)?))
-            }
-        };
-        let queues = self.request_queues as usize + 1;
-        Ok(Fs {
-            session_cfg: SessionConfig {
-                socket_path,
-                connect_attempts: self.connect_attempts,
-                connect_interval: self.connect_interval,
-                dialect: self.dialect,
-                dax: window.is_some(),
-                dax_fallback: self.dax_fallback,
-                replace_exact: self.replace_exact,
-                shutdown_timeout: self.shutdown_timeout,
-                name: format!("virtio-fs({})", self.tag),
-            },
-            config,
-            queue_sizes: vec![self.queue_size; queues],
-            window,
-            window_gpa: None,
-            memory: self.memory,
-            io: self.io,
-            metrics,
-            conn: None,
-            session: None,
-            active: None,
-            acked_features: 0,
-            withdrawn: None,
-            window_seen: false,
-        })
-    }
-}
 
 struct Active {
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
@@ -495,27 +185,6 @@ impl std::fmt::Debug for Fs {
 }
 
 impl Fs {
-    /// Starts building a device with `tag` (1 to 36 bytes, the name the guest mounts).
-    pub fn builder(tag: impl Into<String>) -> FsBuilder {
-        FsBuilder {
-            tag: tag.into(),
-            request_queues: 1,
-            queue_size: 1024,
-            socket_path: None,
-            window_size: 0,
-            dialect: Dialect::Standard,
-            replace_exact: false,
-            dax_fallback: DaxFallback::Fail,
-            memory: None,
-            io: None,
-            connect_attempts: 50,
-            connect_interval: Duration::from_millis(100),
-            shutdown_timeout: crate::channel::DEFAULT_STOP_TIMEOUT,
-            max_mappings: window::DEFAULT_MAX_MAPPINGS,
-            granule: None,
-        }
-    }
-
     /// The tag the guest mounts, as given to [`Fs::builder`].
     pub fn tag(&self) -> &str {
         // The builder took the tag from a `String`, so it is UTF-8.
@@ -538,7 +207,7 @@ impl Fs {
     }
 
     /// Connects to the backend now (`SET_OWNER`, `GET_FEATURES`, `GET_PROTOCOL_FEATURES`), so
-    /// that [`VirtioDevice::features`] offers what it supports, and decides whether the device
+    /// that [`Fs::features`] offers what it supports, and decides whether the device
     /// offers its DAX window: call it before the guest can see the device (its driver reads the
     /// shared memory regions when it probes, long before activation). Activation connects if
     /// this was not called, and then the window is offered whatever the backend.
@@ -549,10 +218,10 @@ impl Fs {
     /// - [`DaxFallback::Fail`]: fails with [`frontend::Error::DaxUnsupported`] (in
     ///   [`Error::Session`]) and closes the connection.
     /// - [`DaxFallback::Disable`]: the window is withdrawn for the life of the device, and
-    ///   `connect` succeeds. [`VirtioDevice::shm_regions`] and
-    ///   [`VirtioDevice::userspace_mappings`] are empty, [`Fs::window`] is `None`,
+    ///   `connect` succeeds. [`Fs::shm_regions`] and
+    ///   [`Fs::userspace_mappings`] are empty, [`Fs::window`] is `None`,
     ///   [`Fs::window_offered`] is false; a window already placed with
-    ///   [`VirtioDevice::set_shm_base`] is unregistered from the [`MemoryManager`] and the IO
+    ///   [`Fs::set_shm_base`] is unregistered from the [`MemoryManager`] and the IO
     ///   space, and a later `set_shm_base` fails with [`Error::WindowWithdrawn`]. Should the
     ///   memory manager refuse to unregister it, `connect` fails with [`Error::Memory`], the
     ///   window stays, and calling `connect` again retries.
@@ -566,7 +235,6 @@ impl Fs {
     /// # #[cfg(feature = "test-utils")]
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use vhost::vhost_user::VhostUserProtocolFeatures as P;
-    /// use virtio_fs_dax::device::VirtioDevice;
     /// use virtio_fs_dax::frontend::DaxFallback;
     /// use virtio_fs_dax::test_utils::{TestBackendConfig, TestBackendServer};
     /// use virtio_fs_dax::Fs;
@@ -604,7 +272,7 @@ impl Fs {
     }
 
     /// Whether the device offers its DAX window to the guest (shared memory region 0 in
-    /// [`VirtioDevice::shm_regions`]). True when the device was built with a window, until
+    /// [`Fs::shm_regions`]). True when the device was built with a window, until
     /// [`Fs::connect`] withdraws it ([`DaxFallback::Disable`] with a backend that cannot serve
     /// it); then false for the life of the device, whatever backend comes later.
     ///
@@ -817,7 +485,7 @@ impl Fs {
     }
 
     /// Restores the acked features from `snap` and returns its queue states, for the VMM to
-    /// rebuild the queues and [`VirtioDevice::activate`]. The configuration must match this
+    /// rebuild the queues and [`Fs::activate`]. The configuration must match this
     /// device's (same tag and queue count).
     ///
     /// The restored guest knows the shared memory regions of the device it was saved from, and
@@ -838,114 +506,27 @@ impl Fs {
     }
 }
 
-/// A device snapshot. [`FsSnapshot::to_bytes`] and [`FsSnapshot::from_bytes`] give a stable
-/// little-endian encoding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FsSnapshot {
-    /// Features the driver acked.
-    pub acked_features: u64,
-    /// Configuration space bytes.
-    pub config: Vec<u8>,
-    /// Queue states (empty when the device was not activated).
-    pub queues: Vec<QueueState>,
-}
-
-const SNAPSHOT_MAGIC: &[u8; 8] = b"VFSDAX01";
-
-impl FsSnapshot {
-    /// Encodes the snapshot.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = SNAPSHOT_MAGIC.to_vec();
-        v.extend_from_slice(&self.acked_features.to_le_bytes());
-        v.extend_from_slice(&(self.config.len() as u32).to_le_bytes());
-        v.extend_from_slice(&self.config);
-        v.extend_from_slice(&(self.queues.len() as u32).to_le_bytes());
-        for q in &self.queues {
-            for x in [q.max_size, q.next_avail, q.next_used, q.size] {
-                v.extend_from_slice(&x.to_le_bytes());
-            }
-            v.push(u8::from(q.event_idx_enabled));
-            v.push(u8::from(q.ready));
-            for x in [q.desc_table, q.avail_ring, q.used_ring] {
-                v.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-        v
-    }
-
-    /// Decodes a snapshot; never panics on malformed input.
-    pub fn from_bytes(bytes: &[u8]) -> Result<FsSnapshot> {
-        let mut r = Reader(bytes);
-        if r.take(SNAPSHOT_MAGIC.len()) != Some(SNAPSHOT_MAGIC) {
-            return Err(Error::BadSnapshot("unknown format"));
-        }
-        let snap = (|| {
-            let acked_features = r.u64()?;
-            let n = r.u32()? as usize;
-            let config = r.take(n)?.to_vec();
-            let nq = r.u32()?;
-            let mut queues = Vec::new();
-            for _ in 0..nq {
-                queues.push(QueueState {
-                    max_size: r.u16()?,
-                    next_avail: r.u16()?,
-                    next_used: r.u16()?,
-                    size: r.u16()?,
-                    event_idx_enabled: r.take(1)?[0] != 0,
-                    ready: r.take(1)?[0] != 0,
-                    desc_table: r.u64()?,
-                    avail_ring: r.u64()?,
-                    used_ring: r.u64()?,
-                });
-            }
-            r.0.is_empty().then_some(FsSnapshot {
-                acked_features,
-                config,
-                queues,
-            })
-        })();
-        snap.ok_or(Error::BadSnapshot("malformed bytes"))
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2)?.try_into().ok().map(u16::from_le_bytes)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)?.try_into().ok().map(u32::from_le_bytes)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8)?.try_into().ok().map(u64::from_le_bytes)
-    }
-}
-
-impl VirtioDevice for Fs {
-    fn device_type(&self) -> u32 {
+impl Fs {
+    /// The virtio device type: 26 ([`VIRTIO_ID_FS`]).
+    pub fn device_type(&self) -> u32 {
         VIRTIO_ID_FS
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
+    /// The maximum size of each queue: the high-priority queue, then the request queues.
+    pub fn queue_max_sizes(&self) -> &[u16] {
         &self.queue_sizes
     }
 
-    fn features(&self) -> u64 {
+    /// The virtio features offered to the driver: `VIRTIO_F_VERSION_1`, and `EVENT_IDX` and
+    /// `INDIRECT_DESC` where the connected backend offers them (see [`Fs::connect`]).
+    pub fn features(&self) -> u64 {
         let backend = self.conn.as_ref().map_or(0, |c| c.backend_features());
         frontend::VIRTIO_F_VERSION_1
             | (backend & (VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC))
     }
 
-    fn ack_features(&mut self, value: u64) {
+    /// Records the features the driver acked; only offered ones are kept.
+    pub fn ack_features(&mut self, value: u64) {
         let offered = self.features();
         if value & !offered != 0 {
             log::warn!(
@@ -957,11 +538,15 @@ impl VirtioDevice for Fs {
         self.acked_features |= value & offered;
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
+    /// Reads the device configuration space (tag, request queue count); bytes outside it read
+    /// as 0.
+    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
         transport::read_config(vm_memory::ByteValued::as_slice(&self.config), offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
+    /// Writes the device configuration space: virtio-fs has nothing writable, so this logs and
+    /// changes nothing.
+    pub fn write_config(&mut self, offset: u64, data: &[u8]) {
         log::warn!(
             "{}: guest wrote {} bytes of read-only config at {offset:#x}",
             self.session_cfg.name,
@@ -969,7 +554,9 @@ impl VirtioDevice for Fs {
         );
     }
 
-    fn activate(
+    /// Activates the device on `DRIVER_OK`: starts the vhost-user session with the guest memory,
+    /// the queues (with their kick and call eventfds) and the backend channel.
+    pub fn activate(
         &mut self,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
         interrupt: Arc<dyn VirtioInterrupt>,
@@ -1006,7 +593,8 @@ impl VirtioDevice for Fs {
         Ok(())
     }
 
-    fn reset(&mut self) -> Option<Arc<dyn VirtioInterrupt>> {
+    /// Resets the device; returns the interrupt it was activated with.
+    pub fn reset(&mut self) -> Option<Arc<dyn VirtioInterrupt>> {
         // The session stops its channel thread first, then drops the mappings, then resets the
         // backend (bounded); with no session, the mappings still go.
         match self.session.take() {
@@ -1020,7 +608,9 @@ impl VirtioDevice for Fs {
         self.active.take().map(|a| a.interrupt)
     }
 
-    fn shm_regions(&self) -> Vec<SharedMemoryRegion> {
+    /// The shared memory regions to expose through the transport: region 0, the DAX window, or
+    /// none when the device has no window (or [`Fs::connect`] withdrew it).
+    pub fn shm_regions(&self) -> Vec<SharedMemoryRegion> {
         self.window
             .iter()
             .map(|w| SharedMemoryRegion {
@@ -1035,8 +625,8 @@ impl VirtioDevice for Fs {
     /// Places (or moves) the window at `gpa` and registers it with the [`MemoryManager`] (the
     /// old place unregistered first). After [`Fs::connect`] withdrew the window it fails with
     /// [`Error::WindowWithdrawn`] and registers nothing: expose no region (build the transport
-    /// from [`VirtioDevice::shm_regions`] after `connect`, and skip this call when it is empty).
-    fn set_shm_base(&mut self, id: u8, gpa: u64) -> Result<()> {
+    /// from [`Fs::shm_regions`] after `connect`, and skip this call when it is empty).
+    pub fn set_shm_base(&mut self, id: u8, gpa: u64) -> Result<()> {
         if let (VIRTIO_FS_SHMCAP_ID_CACHE, Some(missing)) = (id, self.withdrawn) {
             return Err(Error::WindowWithdrawn {
                 id,
@@ -1085,7 +675,8 @@ impl VirtioDevice for Fs {
         Ok(())
     }
 
-    fn userspace_mappings(&self) -> Vec<UserspaceMapping> {
+    /// Host memory the VMM maps into the guest for this device: the window, once placed.
+    pub fn userspace_mappings(&self) -> Vec<UserspaceMapping> {
         match (&self.window, self.window_gpa) {
             (Some(w), Some(gpa)) => vec![UserspaceMapping {
                 host_addr: w.host_addr(),
@@ -1119,6 +710,8 @@ impl Drop for Fs {
 mod tests {
     use super::*;
     use crate::memory::FakeMemoryManager;
+    use crate::window;
+    use std::io;
 
     fn builder() -> FsBuilder {
         Fs::builder("myfs").socket_path("/nonexistent/vfs.sock")
