@@ -29,6 +29,7 @@ use std::time::Duration;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -367,8 +368,9 @@ fn connect(cfg: &SessionConfig, max_queues: u64) -> Result<Frontend> {
 }
 
 /// The memory table: every guest RAM region, which must be file backed. The DAX window is not
-/// guest RAM in this sense and is never passed here.
-pub fn mem_table(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionInfo>> {
+/// guest RAM in this sense and is never passed here. Any dirty bitmap type `B` will do: the table
+/// carries addresses and file descriptors only.
+pub fn mem_table<B: Bitmap>(mem: &GuestMemoryMmap<B>) -> Result<Vec<VhostUserMemoryRegionInfo>> {
     mem.iter()
         .map(|r| {
             VhostUserMemoryRegionInfo::from_guest_region(r).map_err(|_| Error::MemoryNotShareable {
@@ -378,7 +380,7 @@ pub fn mem_table(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionInfo>
         .collect()
 }
 
-fn host_addr(mem: &GuestMemoryMmap, index: usize, gpa: u64) -> Result<u64> {
+fn host_addr<B: Bitmap>(mem: &GuestMemoryMmap<B>, index: usize, gpa: u64) -> Result<u64> {
     mem.get_host_address(vm_memory::GuestAddress(gpa))
         .map(|p| p as u64)
         .map_err(|_| Error::QueueAddress { index, gpa })
@@ -395,11 +397,11 @@ impl Session {
     /// [`DaxFallback::Disable`] starts the session without DAX (`SHMEM` not acked,
     /// [`Negotiated::dax`] false): the backend channel, if any, serves no window and refuses
     /// every map request.
-    pub fn start(
+    pub fn start<B: Bitmap>(
         conn: Connection,
         cfg: &SessionConfig,
         acked: u64,
-        mem: &GuestMemoryMmap,
+        mem: &GuestMemoryMmap<B>,
         vrings: &[VringSetup<'_>],
         window: Option<&Arc<DaxWindow>>,
         io: &Arc<IoSpace>,
@@ -704,7 +706,11 @@ fn reset_device_within(frontend: &Frontend, timeout: Duration) -> Result<()> {
     })
 }
 
-fn setup_vring(frontend: &mut Frontend, mem: &GuestMemoryMmap, v: &VringSetup<'_>) -> Result<()> {
+fn setup_vring<B: Bitmap>(
+    frontend: &mut Frontend,
+    mem: &GuestMemoryMmap<B>,
+    v: &VringSetup<'_>,
+) -> Result<()> {
     let i = v.index;
     let step = |step: &'static str| {
         move |source| Error::Vring {

@@ -124,6 +124,7 @@ use std::sync::Arc;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_queue::{QueueState, QueueT};
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::frontend::{self, Connection, DaxFallback, Session, SessionConfig, VringSetup};
@@ -143,8 +144,61 @@ pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Most request queues a device may have.
 pub const MAX_REQUEST_QUEUES: u32 = 64;
 
+/// The guest memory a device was activated with, whatever its dirty bitmap type: what a session
+/// needs of it (the memory table, the queues' host addresses, the used rings).
+trait ActiveMemory: Send + Sync {
+    /// Starts a session over this memory for `queues`, each vring starting at its next available
+    /// descriptor or, with `from_used_ring`, where its used ring is.
+    fn start_session(
+        &self,
+        conn: Connection,
+        cfg: &SessionConfig,
+        acked: u64,
+        queues: &[ActivateQueue],
+        from_used_ring: bool,
+        window: Option<&Arc<DaxWindow>>,
+        io: &Arc<IoSpace>,
+    ) -> frontend::Result<Session>;
+}
+
+impl<B: Bitmap + Send + Sync + 'static> ActiveMemory for GuestMemoryAtomic<GuestMemoryMmap<B>> {
+    fn start_session(
+        &self,
+        conn: Connection,
+        cfg: &SessionConfig,
+        acked: u64,
+        queues: &[ActivateQueue],
+        from_used_ring: bool,
+        window: Option<&Arc<DaxWindow>>,
+        io: &Arc<IoSpace>,
+    ) -> frontend::Result<Session> {
+        let mem = self.memory();
+        let vrings: Vec<VringSetup<'_>> = queues
+            .iter()
+            .map(|q| VringSetup {
+                index: q.index,
+                size: q.queue.size(),
+                desc_table: q.queue.desc_table(),
+                avail_ring: q.queue.avail_ring(),
+                used_ring: q.queue.used_ring(),
+                base: if from_used_ring {
+                    q.queue
+                        .used_idx(&*mem, Ordering::Acquire)
+                        .map(|w| w.0)
+                        .unwrap_or(q.queue.next_avail())
+                } else {
+                    q.queue.next_avail()
+                },
+                kick: &q.kick,
+                call: &q.call,
+            })
+            .collect();
+        Session::start(conn, cfg, acked, &mem, &vrings, window, io)
+    }
+}
+
 struct Active {
-    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    mem: Box<dyn ActiveMemory>,
     interrupt: Arc<dyn VirtioInterrupt>,
     queues: Vec<ActivateQueue>,
     io: Arc<IoSpace>,
@@ -406,34 +460,12 @@ impl Fs {
             None => Connection::open(&self.session_cfg, self.queue_sizes.len() as u64)
                 .map_err(Error::Session)?,
         };
-        let mem = active.mem.memory();
-        let vrings: Vec<VringSetup<'_>> = active
-            .queues
-            .iter()
-            .map(|q| VringSetup {
-                index: q.index,
-                size: q.queue.size(),
-                desc_table: q.queue.desc_table(),
-                avail_ring: q.queue.avail_ring(),
-                used_ring: q.queue.used_ring(),
-                base: if from_used_ring {
-                    q.queue
-                        .used_idx(&*mem, Ordering::Acquire)
-                        .map(|w| w.0)
-                        .unwrap_or(q.queue.next_avail())
-                } else {
-                    q.queue.next_avail()
-                },
-                kick: &q.kick,
-                call: &q.call,
-            })
-            .collect();
-        let session = Session::start(
+        let session = active.mem.start_session(
             conn,
             &self.session_cfg,
             self.acked_features,
-            &mem,
-            &vrings,
+            &active.queues,
+            from_used_ring,
             self.window.as_ref(),
             &active.io,
         );
@@ -556,12 +588,21 @@ impl Fs {
 
     /// Activates the device on `DRIVER_OK`: starts the vhost-user session with the guest memory,
     /// the queues (with their kick and call eventfds) and the backend channel.
-    pub fn activate(
+    ///
+    /// `mem` is the VMM's own guest memory, with whatever dirty bitmap it tracks: `()`,
+    /// cloud-hypervisor's `AtomicBitmap`, Firecracker's `Option<AtomicBitmap>`. Its regions must
+    /// be file backed (the backend maps them). FS_IO requests that store into guest RAM (a file
+    /// read into a buffer the guest gave) go through vm-memory's slices and mark the pages they
+    /// wrote in that bitmap, so a VMM that migrates sees them dirty.
+    pub fn activate<B>(
         &mut self,
-        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        mem: GuestMemoryAtomic<GuestMemoryMmap<B>>,
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActivateQueue>,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        B: Bitmap + Send + Sync + 'static,
+    {
         if queues.len() != self.queue_sizes.len() {
             return Err(Error::QueueCount {
                 got: queues.len(),
@@ -581,7 +622,7 @@ impl Fs {
             }
         };
         self.active = Some(Active {
-            mem,
+            mem: Box::new(mem),
             interrupt,
             queues,
             io,
