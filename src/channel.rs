@@ -167,6 +167,7 @@ impl RequestError {
                 window::Error::Stale { .. } => Refusal::Stale,
                 window::Error::InvalidSize { .. }
                 | window::Error::InvalidGranule { .. }
+                | window::Error::Region { .. }
                 | window::Error::Poisoned
                 | window::Error::Reserve { .. }
                 | window::Error::Map { .. }

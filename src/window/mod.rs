@@ -53,10 +53,14 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use vm_memory::bitmap::Bitmap;
+use vm_memory::MmapRegion;
+
 pub use self::ranges::{
     check_range, Mapping, MappingTable, OverlapPolicy, Policy, RangeError, UnmapPolicy,
 };
-use self::reservation::{Ballast, Reservation};
+pub use self::reservation::RegionRefusal;
+use self::reservation::{AdoptError, Ballast, HandedIn, Reservation};
 use crate::metrics::FsMetrics;
 use crate::protocol::{MapEntry, Range};
 
@@ -85,7 +89,8 @@ pub enum Error {
         /// Requested granule.
         granule: u64,
     },
-    /// Reserving the address range failed.
+    /// Reserving the address range failed (or, for a region the VMM reserved, making it
+    /// `PROT_NONE` again).
     #[error("cannot reserve a window of {size:#x} bytes")]
     Reserve {
         /// Requested size.
@@ -93,6 +98,16 @@ pub enum Error {
         /// The mmap error.
         #[source]
         source: io::Error,
+    },
+    /// A region the VMM reserved ([`DaxWindowBuilder::reservation`]) cannot be the window.
+    #[error("the region at {addr:#x} of {size:#x} bytes cannot be a window: {reason:?}")]
+    Region {
+        /// Host address of the region.
+        addr: u64,
+        /// Its size.
+        size: u64,
+        /// What is wrong.
+        reason: RegionRefusal,
     },
     /// A range is refused by the checks or by the policy.
     #[error("range offset {offset:#x} length {len:#x} (file offset {fd_offset:#x}) in a window of {size:#x}: {reason:?}")]
@@ -167,7 +182,9 @@ impl Error {
     /// The errno that stands for this error on the wire.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::InvalidSize { .. } | Error::InvalidGranule { .. } => libc::EINVAL,
+            Error::InvalidSize { .. } | Error::InvalidGranule { .. } | Error::Region { .. } => {
+                libc::EINVAL
+            }
             Error::Stale { .. } => libc::ESTALE,
             Error::Poisoned => libc::EIO,
             Error::Reserve { source, .. }
@@ -265,6 +282,7 @@ pub struct DaxWindowBuilder {
     max_mappings: usize,
     granule: Option<u64>,
     metrics: Option<Arc<FsMetrics>>,
+    region: Option<HandedIn>,
 }
 
 impl DaxWindowBuilder {
@@ -292,8 +310,31 @@ impl DaxWindowBuilder {
         self
     }
 
+    /// Makes the window of a region the VMM reserved, instead of reserving one: for a VMM whose
+    /// device manager reserves the address range of every device memory region itself
+    /// (cloud-hypervisor builds the virtio-fs cache as an anonymous `PROT_NONE` `MmapRegion`
+    /// and keeps an `Arc` of it for its memory slot bookkeeping).
+    ///
+    /// At [`DaxWindowBuilder::build`] the region must be the window's size, page aligned (2 MiB
+    /// aligned lets the host back guest accesses with huge pages; the window works either way),
+    /// anonymous and `PROT_NONE` (so nobody can hold readable or writable slices of it); else
+    /// [`Error::Region`]. The window then maps a fresh `PROT_NONE`, `MAP_NORESERVE` anonymous
+    /// mapping over the whole range at once, owns what is in the range from then on, and keeps
+    /// the region alive. Nobody else may map into the range.
+    ///
+    /// Dropping the window puts `PROT_NONE` back over the whole range and lets its reference to
+    /// the region go; the range is unmapped when the last reference to the region goes (the
+    /// memory slot must still be removed first: see the module documentation).
+    pub fn reservation<B>(mut self, region: impl Into<Arc<MmapRegion<B>>>) -> Self
+    where
+        B: Bitmap + Send + Sync + 'static,
+    {
+        self.region = Some(HandedIn::new(region.into()));
+        self
+    }
+
     /// Checks the settings and reserves the window: `PROT_NONE`, `MAP_NORESERVE`, so it costs
-    /// no memory.
+    /// no memory. With [`DaxWindowBuilder::reservation`], takes over that region instead.
     pub fn build(self) -> Result<DaxWindow> {
         let size = self.size;
         if size < MIN_WINDOW_SIZE || !size.is_power_of_two() {
@@ -305,8 +346,27 @@ impl DaxWindowBuilder {
             return Err(Error::InvalidGranule { granule });
         }
         let bytes = usize::try_from(size).map_err(|_| Error::InvalidSize { size })?;
-        let reservation =
-            Reservation::new(bytes).map_err(|source| Error::Reserve { size, source })?;
+        let reservation = match self.region {
+            None => Reservation::new(bytes).map_err(|source| Error::Reserve { size, source })?,
+            Some(region) => {
+                let (addr, len) = (region.addr() as u64, region.size() as u64);
+                let reservation = Reservation::adopt(region, bytes).map_err(|e| match e {
+                    AdoptError::Refused(reason) => Error::Region {
+                        addr,
+                        size: len,
+                        reason,
+                    },
+                    AdoptError::Map(source) => Error::Reserve { size, source },
+                })?;
+                if addr % reservation::HOST_ALIGN as u64 != 0 {
+                    log::info!(
+                        "dax window: the region at {addr:#x} is not 2 MiB aligned: guest accesses \
+                         cannot use host huge pages"
+                    );
+                }
+                reservation
+            }
+        };
         let mut ballast = Ballast::default();
         ballast.refill();
         Ok(DaxWindow {
@@ -348,7 +408,49 @@ impl DaxWindow {
             max_mappings: DEFAULT_MAX_MAPPINGS,
             granule: None,
             metrics: None,
+            region: None,
         }
+    }
+
+    /// Makes the window of a region the VMM reserved, its size the window size, with fresh
+    /// metrics and default limits: [`DaxWindowBuilder::reservation`] says what the region must
+    /// be and what the window does with it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_memory::MmapRegion;
+    /// use virtio_fs_dax::DaxWindow;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // The VMM's device manager reserves the range, and keeps a reference for its books.
+    /// let region = Arc::new(MmapRegion::<()>::build(
+    ///     None,
+    ///     8 << 20,
+    ///     libc::PROT_NONE,
+    ///     libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+    /// )?);
+    /// let window = DaxWindow::from_reservation(region.clone())?;
+    /// assert_eq!(window.host_addr(), region.as_ptr() as u64);
+    /// assert_eq!(window.size(), 8 << 20);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_reservation<B>(region: impl Into<Arc<MmapRegion<B>>>) -> Result<Self>
+    where
+        B: Bitmap + Send + Sync + 'static,
+    {
+        let region = region.into();
+        Self::builder(region.size() as u64)
+            .reservation(region)
+            .build()
+    }
+
+    /// Whether the window is a region the VMM reserved ([`DaxWindowBuilder::reservation`]) rather
+    /// than one the window reserved itself.
+    pub fn is_handed_in(&self) -> bool {
+        self.lock().reservation.handed_in()
     }
 
     /// Host virtual address of the window: what the VMM registers as guest memory.

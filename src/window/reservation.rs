@@ -18,9 +18,14 @@
 //! slot it frees is enough, since the re-map only merges or replaces VMAs of the window. A hole
 //! left where a ballast page was is harmless: the guest cannot reach it.
 
+use std::any::Any;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::null_mut;
+use std::sync::Arc;
+
+use vm_memory::bitmap::Bitmap;
+use vm_memory::MmapRegion;
 
 use crate::protocol::Access;
 
@@ -34,6 +39,83 @@ pub(crate) const HOST_ALIGN: usize = 2 << 20;
 pub(crate) struct Reservation {
     addr: usize,
     size: usize,
+    /// The VMM's region, when the VMM reserved the range ([`Reservation::adopt`]): it keeps the
+    /// range mapped, and unmaps it when its last reference goes.
+    owner: Option<HandedIn>,
+}
+
+/// Why a region the VMM reserved cannot become a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionRefusal {
+    /// Its size differs from the window size asked for.
+    SizeDiffers {
+        /// The window size asked for.
+        expected: u64,
+    },
+    /// Its host address is not page aligned.
+    Misaligned,
+    /// It maps a file: the window must be anonymous memory nobody else writes through.
+    FileBacked,
+    /// It is accessible (`prot` is not `PROT_NONE`): someone may hold slices into it, which the
+    /// window's `MAP_FIXED` would pull away.
+    Accessible {
+        /// The region's protection.
+        prot: i32,
+    },
+}
+
+/// Why [`Reservation::adopt`] failed.
+#[derive(Debug)]
+pub(crate) enum AdoptError {
+    /// The region is not fit to be a window.
+    Refused(RegionRefusal),
+    /// Re-making it `PROT_NONE` failed.
+    Map(io::Error),
+}
+
+/// A region the VMM reserved, type-erased: its address, size, protection and whether a file backs
+/// it, and the region itself, kept alive so the range stays mapped.
+pub(crate) struct HandedIn {
+    addr: usize,
+    size: usize,
+    prot: i32,
+    file_backed: bool,
+    /// Held, never read: it keeps the range mapped.
+    _region: Box<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for HandedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandedIn")
+            .field("addr", &format_args!("{:#x}", self.addr))
+            .field("size", &self.size)
+            .field("prot", &self.prot)
+            .field("file_backed", &self.file_backed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HandedIn {
+    /// Takes `region` (an `MmapRegion` of any bitmap type) with what the checks need to know.
+    pub fn new<B: Bitmap + Send + Sync + 'static>(region: Arc<MmapRegion<B>>) -> Self {
+        HandedIn {
+            addr: region.as_ptr() as usize,
+            size: region.size(),
+            prot: region.prot(),
+            file_backed: region.file_offset().is_some(),
+            _region: Box::new(region),
+        }
+    }
+
+    /// Host address of the region.
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// Size of the region.
+    pub fn size(&self) -> usize {
+        self.size
+    }
 }
 
 // SAFETY: a Reservation is an address range; all access goes through syscalls that the kernel
@@ -85,7 +167,62 @@ impl Reservation {
                 check(libc::munmap((addr + size) as *mut libc::c_void, tail))?;
             }
         }
-        Ok(Reservation { addr, size })
+        Ok(Reservation {
+            addr,
+            size,
+            owner: None,
+        })
+    }
+
+    /// Makes the region the VMM reserved the reservation: checks that it is `size` bytes (non-zero,
+    /// a multiple of the page size), page aligned, anonymous and `PROT_NONE`, then maps a fresh
+    /// `PROT_NONE`, `MAP_NORESERVE` anonymous mapping over all of it at once, so that whatever
+    /// flags it was made with, the range is from now on exactly what [`Reservation::new`] makes.
+    /// The region is kept until the reservation is dropped.
+    pub fn adopt(region: HandedIn, size: usize) -> std::result::Result<Self, AdoptError> {
+        let refuse = |r: RegionRefusal| Err(AdoptError::Refused(r));
+        if region.size != size {
+            return refuse(RegionRefusal::SizeDiffers {
+                expected: size as u64,
+            });
+        }
+        if region.addr % page_size() != 0 {
+            return refuse(RegionRefusal::Misaligned);
+        }
+        if region.file_backed {
+            return refuse(RegionRefusal::FileBacked);
+        }
+        if region.prot != libc::PROT_NONE {
+            return refuse(RegionRefusal::Accessible { prot: region.prot });
+        }
+        // SAFETY: [addr, addr + size) is the whole mapping of `region` (an `MmapRegion`, whose
+        // address and size describe a live mapping for as long as it lives; `region` is stored in
+        // the reservation below, so it outlives every use of the range). It was just checked to
+        // be anonymous and PROT_NONE, so no slice of it can be read or written by anyone holding
+        // the region too: replacing its pages with fresh PROT_NONE pages invalidates nothing.
+        let ret = unsafe {
+            libc::mmap(
+                region.addr as *mut libc::c_void,
+                size,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if ret == libc::MAP_FAILED {
+            return Err(AdoptError::Map(io::Error::last_os_error()));
+        }
+        Ok(Reservation {
+            addr: region.addr,
+            size,
+            owner: Some(region),
+        })
+    }
+
+    /// Whether the VMM reserved the range ([`Reservation::adopt`]).
+    pub fn handed_in(&self) -> bool {
+        self.owner.is_some()
     }
 
     /// Host address of the first byte.
@@ -251,6 +388,19 @@ pub(crate) fn page_size() -> usize {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        if self.owner.is_some() {
+            // The VMM's region outlives the window, maybe: put PROT_NONE back over the whole range
+            // so no file page stays behind in it, then let the region go (it unmaps the range
+            // with its last reference). At the process's map limit the re-map may fail; the
+            // file pages then stay until the VMM drops the region.
+            if let Err(e) = self.clear(0, self.size, &mut Ballast::default()) {
+                log::warn!(
+                    "dax window: clearing the VMM's region at {:#x}: {e}",
+                    self.addr
+                );
+            }
+            return;
+        }
         // SAFETY: the reservation was mapped by `new` and is unmapped exactly once, here. The VMM
         // has removed the memory slot before dropping the window (documented on DaxWindow).
         unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size) };
