@@ -23,6 +23,7 @@ pub struct FsBuilder {
     queue_size: u16,
     socket_path: Option<std::path::PathBuf>,
     window_size: u64,
+    window: Option<Arc<DaxWindow>>,
     dialect: Dialect,
     replace_exact: bool,
     dax_fallback: DaxFallback,
@@ -60,6 +61,20 @@ impl FsBuilder {
     /// DAX window size: 0 for none, else a power of two of at least 2 MiB.
     pub fn window_size(mut self, size: u64) -> Self {
         self.window_size = size;
+        self
+    }
+    /// The DAX window, built by the VMM: a region its device manager reserved
+    /// ([`DaxWindow::from_reservation`]), or a window with settings of its own
+    /// ([`DaxWindow::builder`]). It replaces [`FsBuilder::window_size`],
+    /// [`FsBuilder::max_mappings`] and [`FsBuilder::map_granule`] (the window's own apply), and
+    /// the device counts into the window's metrics ([`DaxWindow::metrics`]).
+    ///
+    /// A window serves one device: the device ends the window's generation (drops every mapping)
+    /// whenever a session of its own ends. Keep other references only to read it (its host
+    /// address, its mappings); the drop order is the device's ([`Fs`] unregisters the window from
+    /// the [`MemoryManager`] when dropped, before its reference to the window goes).
+    pub fn window(mut self, window: Arc<DaxWindow>) -> Self {
+        self.window = Some(window);
         self
     }
     /// Backend-channel dialect. Default standard.
@@ -129,10 +144,14 @@ impl FsBuilder {
             return Err(Error::QueueSize(self.queue_size));
         }
         let socket_path = self.socket_path.ok_or(Error::NoSocket)?;
-        let metrics = Arc::new(FsMetrics::new());
-        let window = match self.window_size {
-            0 => None,
-            size => {
+        let metrics = match &self.window {
+            Some(w) => w.metrics().clone(),
+            None => Arc::new(FsMetrics::new()),
+        };
+        let window = match (self.window, self.window_size) {
+            (Some(w), _) => Some(w),
+            (None, 0) => None,
+            (None, size) => {
                 let mut b = DaxWindow::builder(size)
                     .metrics(metrics.clone())
                     .max_mappings(self.max_mappings);
@@ -181,6 +200,7 @@ impl Fs {
             queue_size: 1024,
             socket_path: None,
             window_size: 0,
+            window: None,
             dialect: Dialect::Standard,
             replace_exact: false,
             dax_fallback: DaxFallback::Fail,
