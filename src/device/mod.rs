@@ -818,7 +818,8 @@ mod tests {
         assert_eq!(&past, b"myfs");
         // Activation needs the backend; with none, a typed error and no activation.
         let queues = Vec::new();
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::from_ranges(&[]).unwrap_or_default());
+        let mem =
+            GuestMemoryAtomic::new(GuestMemoryMmap::<()>::from_ranges(&[]).unwrap_or_default());
         struct Nop;
         impl VirtioInterrupt for Nop {
             fn trigger(&self, _: VirtioInterruptType) -> io::Result<()> {
