@@ -50,8 +50,9 @@ pub enum Error {
         /// Guest physical address.
         gpa: u64,
     },
-    /// The DAX window was withdrawn at [`Fs::connect`] ([`DaxFallback::Disable`] with a backend
-    /// that cannot serve it): the device offers no shared memory region to place.
+    /// The DAX window was withdrawn at [`Fs::connect`](super::Fs::connect)
+    /// ([`DaxFallback::Disable`](crate::frontend::DaxFallback::Disable) with a backend that cannot
+    /// serve it): the device offers no shared memory region to place.
     #[error(
         "shared memory region {id}: the DAX window was withdrawn at connect, the backend lacks \
          {missing:?} ({dialect:?} dialect)"

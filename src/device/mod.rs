@@ -7,7 +7,9 @@
 //! # Wiring it into a VMM
 //!
 //! 1. Build it: [`Fs::builder`] with the tag, queue count and size, backend socket, window size
-//!    (0 for no DAX), dialect and policies. Bad configuration is a typed [`Error`].
+//!    (0 for no DAX), dialect and policies. Bad configuration is a typed [`Error`]. A VMM whose
+//!    device manager reserves device memory itself (cloud-hypervisor's cache region) hands that
+//!    region in instead of a size: [`DaxWindow::from_reservation`] and [`FsBuilder::window`].
 //! 2. [`Fs::connect`] before the guest can see the device, so [`Fs::features`] can
 //!    offer what the backend supports (EVENT_IDX, INDIRECT_DESC), and so the device knows whether
 //!    the backend can serve the window before the guest probes it: with
@@ -20,9 +22,12 @@
 //!    MMIO SHM registers ([`crate::transport::MmioShmRegs`]). Allocate its guest address with
 //!    [`crate::transport::window_resource_constraint`], then call [`Fs::set_shm_base`]:
 //!    the device registers the window through the VMM's [`MemoryManager`] (and again on every
-//!    BAR move).
-//! 4. On `DRIVER_OK`, [`Fs::activate`] with the guest memory, the interrupt and the
-//!    queues with their kick and call eventfds. On device reset, [`Fs::reset`]: it
+//!    BAR move). A VMM that makes the memory slot itself (cloud-hypervisor's device manager)
+//!    builds the device without a memory manager and only tells it where the window is.
+//! 4. On `DRIVER_OK`, [`Fs::activate`] with the VMM's guest memory (a
+//!    `GuestMemoryAtomic<GuestMemoryMmap<B>>` with whatever dirty bitmap `B` it tracks), the
+//!    interrupt (any [`VirtioInterrupt`], a closure included) and the queues with their kick and
+//!    call eventfds. On device reset, [`Fs::reset`]: it
 //!    stops the backend channel thread, then drops every mapping (a new window generation: no
 //!    request of the old session can map again), then sends `RESET_DEVICE`, each step bounded
 //!    by [`FsBuilder::shutdown_timeout`].
@@ -30,8 +35,16 @@
 //!    gone its mappings are dropped (the backend channel also drops them by itself the moment a
 //!    killed backend's end closes); call [`Fs::reconnect`] once it is back.
 //!
-//! A VMM with its own device trait implements it by forwarding to these methods: every
-//! [`Fs`] method is a thin call into `Fs`.
+//! A VMM with its own device trait implements it by forwarding to these inherent methods, a few
+//! lines a method: `examples/cloud_hypervisor.rs` does it for cloud-hypervisor's `VirtioDevice`
+//! (`activate` with an `ActivationContext`, `get_shm_regions`/`set_shm_regions` with the
+//! region its device manager reserved, `userspace_mappings`, `counters`, `Pausable`,
+//! `Snapshottable`). Firecracker's trait maps the same way (its features as
+//! `avail_features`/`set_acked_features`, its `activate` with a plain
+//! `GuestMemoryMmap<Option<AtomicBitmap>>`: wrap it in `GuestMemoryAtomic::new`). In all three of
+//! cloud-hypervisor's, Firecracker's and crosvm's traits `ack_features` and `write_config`
+//! return nothing, and so do these: an unoffered feature or a write to the read-only
+//! configuration is the guest's doing, which the device logs and ignores.
 //!
 //! # Example
 //!
@@ -48,7 +61,7 @@
 //! use virtio_fs_dax::Fs;
 //! use virtio_queue::{Queue, QueueT};
 //! use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
-//! //!
+//! use vmm_sys_util::eventfd::EventFd;
 //! # let dir = tempfile::tempdir()?;
 //! # let socket = dir.path().join("fs.sock");
 //! # let backend = TestBackendServer::start(&socket, TestBackendConfig::default())?;
@@ -72,7 +85,7 @@
 //! // ... with guest RAM that is file backed (vhost-user shares it with the backend) ...
 //! let ram = tempfile::tempfile()?;
 //! ram.set_len(32 << 20)?;
-//! let mem = GuestMemoryMmap::from_ranges_with_files([(
+//! let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
 //!     GuestAddress(0),
 //!     32 << 20,
 //!     Some(FileOffset::new(ram, 0)),
