@@ -11,8 +11,9 @@
 //! VM around the same RAM and devices.
 //!
 //! One or more virtio-fs devices, each the crate's `Fs`, on virtio-mmio (described in the DSDT
-//! as `LNRO0005`, the window above 4 GiB) or on virtio-pci (`pci.rs`, the window as BAR 2), the
-//! window a KVM memory slot through the crate's `MemoryManager`. The VMM's thread watches the
+//! as `LNRO0005`, the window above 4 GiB) or on virtio-pci (`pci.rs`, the window as BAR 2, its
+//! memory reserved by the VMM and handed to the device), the window a KVM memory slot through
+//! the crate's `MemoryManager`. The VMM's thread watches the
 //! backends and reconnects a restarted one.
 //!
 //! ```text
@@ -42,8 +43,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use virtio_fs_dax::frontend::DaxFallback;
 use virtio_fs_dax::memory::{MemoryManager, WindowRegion};
-use virtio_fs_dax::{Dialect, Fs};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use virtio_fs_dax::{DaxWindow, Dialect, Fs};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, MmapRegion};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -634,9 +635,23 @@ fn run(args: Args) -> Result<u8> {
             Some(g) => g.clone(),
             None => memory.clone(),
         };
-        let mut fs = Fs::builder(f.tag.clone())
+        let mut builder = Fs::builder(f.tag.clone()).window_size(f.window);
+        if gate.is_some() && f.window > 0 {
+            // The BAR's memory is reserved here, as a device manager reserves device memory,
+            // and handed to the device, which takes the region over.
+            let region = MmapRegion::<()>::build(
+                None,
+                usize::try_from(f.window).context("window size")?,
+                libc::PROT_NONE,
+                libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            )
+            .with_context(|| format!("reserving the window of {}", f.tag))?;
+            let window = DaxWindow::from_reservation(region)
+                .with_context(|| format!("the window of {}", f.tag))?;
+            builder = builder.window(Arc::new(window));
+        }
+        let mut fs = builder
             .socket_path(&f.socket)
-            .window_size(f.window)
             .queue_size(256)
             .dialect(f.dialect)
             .dax_fallback(f.fallback)
