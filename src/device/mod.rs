@@ -136,7 +136,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use virtio_queue::{QueueState, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -160,53 +160,39 @@ pub const MAX_REQUEST_QUEUES: u32 = 64;
 /// The guest memory a device was activated with, whatever its dirty bitmap type: what a session
 /// needs of it (the memory table, the queues' host addresses, the used rings).
 trait ActiveMemory: Send + Sync {
-    /// Starts a session over this memory for `queues`, each vring starting at its next available
-    /// descriptor or, with `from_used_ring`, where its used ring is.
+    /// Where the backend resumes `queue`: its used ring's index.
+    fn used_idx(&self, queue: &Queue) -> Option<u16>;
+
+    /// Starts a session over this memory ([`Session::start`]).
     fn start_session(
         &self,
         conn: Connection,
         cfg: &SessionConfig,
         acked: u64,
-        queues: &[ActivateQueue],
-        from_used_ring: bool,
+        vrings: &[VringSetup<'_>],
         window: Option<&Arc<DaxWindow>>,
         io: &Arc<IoSpace>,
     ) -> frontend::Result<Session>;
 }
 
 impl<B: Bitmap + Send + Sync + 'static> ActiveMemory for GuestMemoryAtomic<GuestMemoryMmap<B>> {
+    fn used_idx(&self, queue: &Queue) -> Option<u16> {
+        queue
+            .used_idx(&*self.memory(), Ordering::Acquire)
+            .ok()
+            .map(|w| w.0)
+    }
+
     fn start_session(
         &self,
         conn: Connection,
         cfg: &SessionConfig,
         acked: u64,
-        queues: &[ActivateQueue],
-        from_used_ring: bool,
+        vrings: &[VringSetup<'_>],
         window: Option<&Arc<DaxWindow>>,
         io: &Arc<IoSpace>,
     ) -> frontend::Result<Session> {
-        let mem = self.memory();
-        let vrings: Vec<VringSetup<'_>> = queues
-            .iter()
-            .map(|q| VringSetup {
-                index: q.index,
-                size: q.queue.size(),
-                desc_table: q.queue.desc_table(),
-                avail_ring: q.queue.avail_ring(),
-                used_ring: q.queue.used_ring(),
-                base: if from_used_ring {
-                    q.queue
-                        .used_idx(&*mem, Ordering::Acquire)
-                        .map(|w| w.0)
-                        .unwrap_or(q.queue.next_avail())
-                } else {
-                    q.queue.next_avail()
-                },
-                kick: &q.kick,
-                call: &q.call,
-            })
-            .collect();
-        Session::start(conn, cfg, acked, &mem, &vrings, window, io)
+        Session::start(conn, cfg, acked, &self.memory(), vrings, window, io)
     }
 }
 
@@ -473,12 +459,32 @@ impl Fs {
             None => Connection::open(&self.session_cfg, self.queue_sizes.len() as u64)
                 .map_err(Error::Session)?,
         };
+        let vrings: Vec<VringSetup<'_>> = active
+            .queues
+            .iter()
+            .map(|q| VringSetup {
+                index: q.index,
+                size: q.queue.size(),
+                desc_table: q.queue.desc_table(),
+                avail_ring: q.queue.avail_ring(),
+                used_ring: q.queue.used_ring(),
+                base: if from_used_ring {
+                    active
+                        .mem
+                        .used_idx(&q.queue)
+                        .unwrap_or(q.queue.next_avail())
+                } else {
+                    q.queue.next_avail()
+                },
+                kick: &q.kick,
+                call: &q.call,
+            })
+            .collect();
         let session = active.mem.start_session(
             conn,
             &self.session_cfg,
             self.acked_features,
-            &active.queues,
-            from_used_ring,
+            &vrings,
             self.window.as_ref(),
             &active.io,
         );
