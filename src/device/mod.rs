@@ -106,6 +106,7 @@
 //! ```
 
 mod builder;
+mod control;
 mod error;
 mod interrupt;
 mod queue;
