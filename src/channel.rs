@@ -1171,7 +1171,8 @@ impl ChannelThread {
     /// Whether the thread is parked by [`ChannelThread::pause`] (or
     /// [`BackendChannelBuilder::start_paused`]).
     pub fn is_paused(&self) -> bool {
-        self.control.lock().parked
+        let s = self.control.lock();
+        s.parked && s.wanted
     }
 
     /// Whether the thread has ended (the backend disconnected).

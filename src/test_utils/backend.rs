@@ -109,8 +109,8 @@ use vhost::VhostUserMemoryRegionBase;
 /// state.
 const POLL: Duration = Duration::from_millis(5);
 
-/// What `GET_MAX_MEM_SLOTS` answers (QEMU's and vhost-user-backend's usual value).
-const MAX_MEM_SLOTS: u64 = 509;
+/// What `GET_MAX_MEM_SLOTS` answers by default (QEMU's and vhost-user-backend's usual value).
+pub const DEFAULT_MAX_MEM_SLOTS: u64 = 509;
 
 /// Most shared memory regions `GET_SHMEM_CONFIG` can describe.
 const MAX_SHMEM_REGIONS: usize = 256;
@@ -134,6 +134,8 @@ pub struct TestBackendConfig {
     pub config: Vec<u8>,
     /// How long `RESET_DEVICE` takes before it is answered: a stalled backend. Default: 0.
     pub reset_device_delay: Duration,
+    /// What `GET_MAX_MEM_SLOTS` answers. Default: [`DEFAULT_MAX_MEM_SLOTS`].
+    pub max_mem_slots: u64,
 }
 
 impl Default for TestBackendConfig {
@@ -152,6 +154,7 @@ impl Default for TestBackendConfig {
             queue_num: 2,
             config: Vec::new(),
             reset_device_delay: Duration::ZERO,
+            max_mem_slots: DEFAULT_MAX_MEM_SLOTS,
         }
     }
 }
@@ -715,7 +718,7 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
 
     fn get_max_mem_slots(&mut self) -> VhostUserResult<u64> {
         self.request("GET_MAX_MEM_SLOTS");
-        Ok(MAX_MEM_SLOTS)
+        Ok(self.config.max_mem_slots)
     }
 
     fn add_mem_region(
