@@ -35,11 +35,19 @@ use crate::frontend;
 
 impl Fs {
     /// Pauses the device for a snapshot or a migration: returns once the backend channel
-    /// thread is parked, waiting at most [`super::FsBuilder::shutdown_timeout`]. See the
-    /// module documentation. When the thread does not park in time (it is inside a long FS_IO),
-    /// this fails with [`frontend::Error::PauseChannel`] and the device is not paused.
-    /// Pausing a device that is not activated only records it: its first session starts
-    /// paused.
+    /// thread is parked between two messages, waiting at most
+    /// [`super::FsBuilder::shutdown_timeout`]. Until [`Fs::resume`], nothing is mapped into the
+    /// window, unmapped or copied, and requests the backend sends stay in the socket, neither
+    /// read nor refused (the backend waits for its replies). When the thread does not park in
+    /// time (it is inside a long FS_IO), this fails with [`frontend::Error::PauseChannel`] and
+    /// the device is not paused.
+    ///
+    /// The device remembers that it is paused: a session started meanwhile (activation before
+    /// any, [`Fs::reconnect`]) starts its channel paused. Reset, a lost backend and drop stop a
+    /// paused channel as they stop a running one, and leave the device paused. A paused
+    /// channel does not read its socket, so a backend that dies meanwhile is noticed through
+    /// the vhost-user socket ([`Fs::check_backend`]) or at resume. The queues are not touched:
+    /// the VMM pauses the vCPUs, so the guest adds no request.
     pub fn pause(&mut self) -> Result<()> {
         if let Some(session) = &self.session {
             session
@@ -70,11 +78,18 @@ impl Fs {
         self.metrics.counters()
     }
 
-    /// Gives a hotplugged guest RAM region to the backend (`ADD_MEM_REG`). See the module
-    /// documentation. The region must be file backed, and never the DAX window
-    /// ([`frontend::Error::WindowInMemTable`]). Without a session (not activated, or the backend
-    /// is gone) there is nothing to send: `Ok`, and the next session's memory table has the
-    /// region if the VMM's `GuestMemoryAtomic` has it.
+    /// Gives a hotplugged guest RAM region to the backend (`ADD_MEM_REG`), after the VMM put it
+    /// in the `GuestMemoryAtomic` the device was activated with. The region must be file backed
+    /// ([`frontend::Error::MemoryNotShareable`]) and never touch the DAX window
+    /// ([`frontend::Error::WindowInMemTable`]). A backend without `CONFIGURE_MEM_SLOTS` cannot
+    /// follow: [`frontend::Error::MemHotplugUnsupported`], nothing sent, and the VMM fails the
+    /// hotplug (or resets the device: a new session sends the whole current memory). The
+    /// backend's slots are respected ([`frontend::Error::MemSlotsFull`]); a region overlapping
+    /// one the backend has is [`frontend::Error::MemRegionOverlap`].
+    ///
+    /// Without a session (not activated, or the backend is gone) there is nothing to send:
+    /// `Ok`. Every session reads the `GuestMemoryAtomic` when it starts, so a later activation
+    /// or [`Fs::reconnect`] sends a memory table with every region hotplugged until then.
     pub fn add_memory_region<B: Bitmap>(&mut self, region: &GuestRegionMmap<B>) -> Result<()> {
         let info = self.hotplug_region(region)?;
         match &mut self.session {
