@@ -48,7 +48,7 @@
 //! use virtio_fs_dax::Fs;
 //! use virtio_queue::{Queue, QueueT};
 //! use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
-//! //!
+//! use vmm_sys_util::eventfd::EventFd;
 //! # let dir = tempfile::tempdir()?;
 //! # let socket = dir.path().join("fs.sock");
 //! # let backend = TestBackendServer::start(&socket, TestBackendConfig::default())?;
