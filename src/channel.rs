@@ -37,6 +37,49 @@
 //! driven. A channel built before a [`DaxWindow::reset`] refuses every request with `ESTALE`.
 //!
 //! The thread needs these syscalls (for seccomp filters): [`SYSCALLS`].
+//!
+//! # The thread, as a VMM wants it
+//!
+//! - **Name and start hook.** [`BackendChannelBuilder::thread_name`] names the thread (Linux
+//!   keeps the first 15 bytes), and [`BackendChannelBuilder::on_thread_start`] runs a
+//!   [`ThreadHook`] on the new thread before it reads anything from the backend: the place for a
+//!   seccomp filter (built from [`SYSCALLS`]), CPU affinity or scheduling policy.
+//!   [`BackendChannel::spawn`] waits for the hook and returns its outcome: when it fails, the
+//!   thread ends without serving, everything the channel held is closed, and `spawn` fails
+//!   with [`Error::ThreadStart`], so a VMM knows its filter is in place before the backend can
+//!   send a byte. Cloud-hypervisor's `spawn_virtio_thread` does the same for its device threads,
+//!   but only logs a failed filter.
+//! - **Pause and resume**, for snapshot and migration: [`ChannelThread::pause`] returns once the
+//!   thread is parked between two messages (nothing half served: a message partly received
+//!   stays partly received, nothing of it is executed), bounded by a timeout
+//!   ([`Error::PauseTimeout`]; the pause is then withdrawn and the thread serves on). While
+//!   paused the thread reads nothing: requests stay in the socket, neither read nor refused, and
+//!   the backend waits for its replies. [`ChannelThread::resume`] serves them. Stopping (and
+//!   dropping) works while paused. A paused thread does not watch the socket, so a backend
+//!   that disconnects while the channel is paused is noticed at resume (or through the
+//!   vhost-user socket, [`crate::Fs::check_backend`]), and its mappings are dropped then.
+//!   [`BackendChannelBuilder::start_paused`] starts the thread parked.
+//!
+//! ```
+//! use std::os::unix::net::UnixStream;
+//! use virtio_fs_dax::channel::{BackendChannel, ThreadHook};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (ours, _theirs) = UnixStream::pair()?;
+//! let channel = BackendChannel::builder(ours)
+//!     .thread_name("fs0-backend")
+//!     .on_thread_start(ThreadHook::new(|| {
+//!         // seccompiler::apply_filter(&filter)?; pin the CPU; ...
+//!         Ok(())
+//!     }))
+//!     .build()
+//!     .spawn()?;
+//! channel.pause()?; // snapshot: nothing is mapped from here on
+//! channel.resume();
+//! channel.stop()?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fs::File;
 use std::io;
@@ -45,7 +88,7 @@ use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -91,6 +134,38 @@ pub const DRAIN_BUDGET: usize = 256 << 10;
 
 /// How long [`ChannelThread::stop`] and dropping a [`ChannelThread`] wait for the thread.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long [`ChannelThread::pause`] waits for the thread to park.
+pub const DEFAULT_PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The error a [`ThreadHook`] returns.
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A function run on the channel thread when it starts, before it reads anything from the
+/// backend (see the module documentation): install a seccomp filter, set CPU affinity. It runs
+/// once per thread, so a device runs it again for the channel of every session; `Err` stops
+/// the thread and makes [`BackendChannel::spawn`] fail with [`Error::ThreadStart`].
+#[derive(Clone)]
+pub struct ThreadHook(Arc<dyn Fn() -> std::result::Result<(), HookError> + Send + Sync>);
+
+impl ThreadHook {
+    /// Wraps `hook`.
+    pub fn new(
+        hook: impl Fn() -> std::result::Result<(), HookError> + Send + Sync + 'static,
+    ) -> Self {
+        ThreadHook(Arc::new(hook))
+    }
+
+    fn run(&self) -> std::result::Result<(), HookError> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for ThreadHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadHook")
+    }
+}
 
 /// Shared memory region id of the virtio-fs cache window (`VIRTIO_FS_SHMCAP_ID_CACHE`).
 pub const SHMID_CACHE: u8 = 0;
@@ -210,6 +285,14 @@ pub enum Error {
     /// Setting up the channel thread failed.
     #[error("setting up the channel thread failed")]
     Thread(#[source] io::Error),
+    /// The thread-start hook ([`BackendChannelBuilder::on_thread_start`]) failed: the thread
+    /// ended without serving anything.
+    #[error("the channel thread's start hook failed")]
+    ThreadStart(#[source] HookError),
+    /// The thread did not park within the bound (it was inside a request that took longer); the
+    /// pause was withdrawn and the thread serves on.
+    #[error("the channel thread did not pause within {0:?}")]
+    PauseTimeout(Duration),
     /// The channel thread panicked.
     #[error("the channel thread panicked")]
     Panicked,
@@ -242,6 +325,15 @@ pub struct BackendChannelBuilder {
     replace_exact: bool,
     io: Option<Arc<IoSpace>>,
     name: String,
+    thread: ThreadConfig,
+}
+
+/// How [`BackendChannel::spawn`] starts its thread.
+#[derive(Clone, Debug, Default)]
+struct ThreadConfig {
+    name: Option<String>,
+    hook: Option<ThreadHook>,
+    paused: bool,
 }
 
 impl BackendChannelBuilder {
@@ -279,6 +371,28 @@ impl BackendChannelBuilder {
         self
     }
 
+    /// Name of the thread [`BackendChannel::spawn`] starts (Linux keeps its first 15 bytes).
+    /// Default: the log prefix ([`BackendChannelBuilder::name`]) and `-backend`.
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.thread.name = Some(name.into());
+        self
+    }
+
+    /// A hook [`BackendChannel::spawn`] runs on the new thread before it serves anything; spawn
+    /// returns its outcome (see the module documentation). Default: none.
+    pub fn on_thread_start(mut self, hook: ThreadHook) -> Self {
+        self.thread.hook = Some(hook);
+        self
+    }
+
+    /// Whether [`BackendChannel::spawn`] starts the thread paused, as if
+    /// [`ChannelThread::pause`] had been called before its first read: it serves nothing until
+    /// [`ChannelThread::resume`]. Default: false.
+    pub fn start_paused(mut self, paused: bool) -> Self {
+        self.thread.paused = paused;
+        self
+    }
+
     /// Builds the channel. It takes a lease on the window's current generation
     /// ([`DaxWindow::lease`]).
     pub fn build(self) -> BackendChannel {
@@ -301,6 +415,7 @@ impl BackendChannelBuilder {
             name: self.name,
             reader: Reader::default(),
             nonblocking: false,
+            thread: self.thread,
         }
     }
 }
@@ -317,6 +432,7 @@ pub struct BackendChannel {
     name: String,
     reader: Reader,
     nonblocking: bool,
+    thread: ThreadConfig,
 }
 
 /// Most descriptors kept for one message; no request needs more than one. Further ones are
@@ -421,6 +537,7 @@ impl BackendChannel {
             replace_exact: false,
             io: None,
             name: String::from("virtio-fs"),
+            thread: ThreadConfig::default(),
         }
     }
 
@@ -789,6 +906,10 @@ impl BackendChannel {
     /// `ChannelThread` is dropped) or until the channel ends. The thread reads exactly as
     /// [`BackendChannel::handle_one`] does, so when the backend disconnects, its window lease
     /// is ended: every mapping is dropped at once and the thread ends.
+    ///
+    /// With a start hook ([`BackendChannelBuilder::on_thread_start`]), this waits for the hook
+    /// to return on the new thread: [`Error::ThreadStart`] when it failed (the thread has ended
+    /// and everything the channel held is closed).
     pub fn spawn(self) -> Result<ChannelThread> {
         self.spawn_with(|name, f| thread::Builder::new().name(name).spawn(f))
     }
@@ -805,54 +926,104 @@ impl BackendChannel {
         let stop_thread = stop.try_clone().map_err(Error::Thread)?;
         let sock = self.sock.try_clone().map_err(Error::Thread)?;
         let epoll = Epoll::new().map_err(Error::Thread)?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                self.sock.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, 0),
-            )
-            .map_err(Error::Thread)?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                stop_thread.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, 1),
-            )
-            .map_err(Error::Thread)?;
+        let control = Arc::new(Control {
+            state: Mutex::new(PauseState {
+                wanted: self.thread.paused,
+                ..PauseState::default()
+            }),
+            cv: Condvar::new(),
+            wake: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Thread)?,
+        });
+        for (fd, data) in [
+            (self.sock.as_raw_fd(), EV_SOCK),
+            (stop_thread.as_raw_fd(), EV_STOP),
+            (control.wake.as_raw_fd(), EV_WAKE),
+        ] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, data),
+                )
+                .map_err(Error::Thread)?;
+        }
         let name = self.name.clone();
-        let thread_name = format!("{name}-backend");
+        let thread_name = self
+            .thread
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{name}-backend"));
+        let hook = self.thread.hook.take();
         let (done_tx, done) = mpsc::channel::<()>();
+        let (started_tx, started) = mpsc::channel::<std::result::Result<(), HookError>>();
+        let thread_control = control.clone();
         let handle = spawn(
             thread_name,
             Box::new(move || {
-                // Dropped when the closure ends, however it ends: the stopper's signal.
+                // Dropped when the closure ends, however it ends: the stopper's signal, and the
+                // pauser's.
                 let _done = done_tx;
-                self.serve(epoll, stop_thread)
+                let _ended = Ended(&thread_control);
+                if let Some(hook) = hook {
+                    if let Err(e) = hook.run() {
+                        let _ = started_tx.send(Err(e));
+                        return Ok(());
+                    }
+                }
+                {
+                    // A channel built paused is parked before `spawn` returns.
+                    let mut s = thread_control.lock();
+                    s.parked = s.wanted;
+                }
+                let _ = started_tx.send(Ok(()));
+                self.serve(epoll, stop_thread, &thread_control)
             }),
         )
         .map_err(Error::Thread)?;
-        Ok(ChannelThread {
-            stop,
-            sock,
-            handle: Some(handle),
-            done,
-            name,
-        })
+        match started.recv() {
+            Ok(Ok(())) => Ok(ChannelThread {
+                stop,
+                sock,
+                handle: Some(handle),
+                done,
+                name,
+                control,
+            }),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(Error::ThreadStart(e))
+            }
+            // The hook panicked.
+            Err(_) => {
+                let _ = handle.join();
+                Err(Error::Panicked)
+            }
+        }
     }
 
-    fn serve(mut self, epoll: Epoll, stop: EventFd) -> Result<()> {
-        let mut events = [EpollEvent::default(); 2];
+    fn serve(mut self, epoll: Epoll, stop: EventFd, control: &Control) -> Result<()> {
+        let mut events = [EpollEvent::default(); 3];
         loop {
+            if control.park() {
+                return Ok(());
+            }
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::Recv(e)),
             };
-            if events[..n].iter().any(|e| e.data() == 1) {
+            let ready = &events[..n];
+            if ready.iter().any(|e| e.data() == EV_STOP) {
                 return Ok(());
             }
+            if ready.iter().any(|e| e.data() == EV_WAKE) {
+                // A pause (or a withdrawn one): look again before reading anything.
+                let _ = control.wake.read();
+                continue;
+            }
             // One message a wakeup: the socket is watched level-triggered, so whatever else
-            // is there wakes the next `epoll_wait` at once, and a stop is seen in between.
+            // is there wakes the next `epoll_wait` at once, and a stop or a pause is seen in
+            // between.
             if let Err(e) = self.handle_one() {
                 if stop.read().is_ok() {
                     return Ok(());
@@ -860,6 +1031,66 @@ impl BackendChannel {
                 return Err(e);
             }
         }
+    }
+}
+
+/// Epoll tokens of the channel thread.
+const EV_SOCK: u64 = 0;
+const EV_STOP: u64 = 1;
+const EV_WAKE: u64 = 2;
+
+/// Where a pause stands; under [`Control::state`].
+#[derive(Debug, Default)]
+struct PauseState {
+    /// A pause is asked for.
+    wanted: bool,
+    /// The thread is parked: it reads nothing until `wanted` is cleared.
+    parked: bool,
+    /// A stop is asked for: a parked thread ends.
+    stopping: bool,
+    /// The thread has ended.
+    ended: bool,
+}
+
+/// What a [`ChannelThread`] and its thread share to pause it.
+#[derive(Debug)]
+struct Control {
+    state: Mutex<PauseState>,
+    cv: Condvar,
+    /// Wakes the thread out of `epoll_wait` to look at `state`.
+    wake: EventFd,
+}
+
+impl Control {
+    fn lock(&self) -> MutexGuard<'_, PauseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// On the thread, between two messages: parks while a pause is wanted. Returns whether the
+    /// thread is to stop.
+    fn park(&self) -> bool {
+        let mut s = self.lock();
+        if s.wanted && !s.stopping {
+            s.parked = true;
+            self.cv.notify_all();
+            while s.wanted && !s.stopping {
+                s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        s.parked = false;
+        s.stopping
+    }
+}
+
+/// Marks the thread ended when dropped, however the thread ends.
+struct Ended<'a>(&'a Control);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.ended = true;
+        s.parked = false;
+        self.0.cv.notify_all();
     }
 }
 
@@ -883,9 +1114,68 @@ pub struct ChannelThread {
     handle: Option<JoinHandle<Result<()>>>,
     done: mpsc::Receiver<()>,
     name: String,
+    control: Arc<Control>,
 }
 
 impl ChannelThread {
+    /// Pauses the thread, waiting at most [`DEFAULT_PAUSE_TIMEOUT`]. See
+    /// [`ChannelThread::pause_timeout`].
+    pub fn pause(&self) -> Result<()> {
+        self.pause_timeout(DEFAULT_PAUSE_TIMEOUT)
+    }
+
+    /// Pauses the thread: returns once it is parked between two messages, so nothing is mapped,
+    /// unmapped or copied until [`ChannelThread::resume`]; requests the backend sends meanwhile
+    /// stay in the socket. A thread inside a request parks when the request is done; one that
+    /// does not within `timeout` gets [`Error::PauseTimeout`], and the pause is withdrawn (the
+    /// thread serves on as before). Pausing a paused thread, or one that has ended, returns `Ok`
+    /// at once.
+    pub fn pause_timeout(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.control.lock();
+        s.wanted = true;
+        if !s.parked && !s.ended {
+            // Wakes the thread out of epoll_wait; a thread inside a request parks when it
+            // comes back to the loop. An eventfd write fails only if its counter would
+            // overflow, which a pending wakeup cannot make happen.
+            let _ = self.control.wake.write(1);
+        }
+        while !s.parked && !s.ended {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                s.wanted = false;
+                drop(s);
+                log::warn!(
+                    "{}: backend channel thread busy for {timeout:?}: not paused",
+                    self.name
+                );
+                return Err(Error::PauseTimeout(timeout));
+            }
+            s = self
+                .control
+                .cv
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Resumes a paused thread: it serves the requests that came meanwhile, in order. Resuming
+    /// a thread that is not paused does nothing.
+    pub fn resume(&self) {
+        let mut s = self.control.lock();
+        s.wanted = false;
+        self.control.cv.notify_all();
+    }
+
+    /// Whether the thread is parked by [`ChannelThread::pause`] (or
+    /// [`BackendChannelBuilder::start_paused`]).
+    pub fn is_paused(&self) -> bool {
+        let s = self.control.lock();
+        s.parked && s.wanted
+    }
+
     /// Whether the thread has ended (the backend disconnected).
     pub fn is_finished(&self) -> bool {
         self.handle.as_ref().is_none_or(|h| h.is_finished())
@@ -917,6 +1207,11 @@ impl ChannelThread {
     }
 
     fn signal_stop(&self) {
+        {
+            let mut s = self.control.lock();
+            s.stopping = true;
+            self.control.cv.notify_all();
+        }
         let _ = self.stop.write(1);
         let _ = self.sock.shutdown(Shutdown::Both);
     }

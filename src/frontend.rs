@@ -13,6 +13,17 @@
 //! `SET_VRING_CALL`, `SET_VRING_KICK`, `SET_VRING_ENABLE`, and last `SET_BACKEND_REQ_FD` with the
 //! backend's end of a fresh backend channel.
 //!
+//! # Memory hotplug
+//!
+//! When the backend offers `CONFIGURE_MEM_SLOTS` (virtiofsd and vhost-user-backend based
+//! backends do), it is acked, and [`Session::add_mem_region`] / [`Session::remove_mem_region`]
+//! send `ADD_MEM_REG` / `REM_MEM_REG` so the backend's memory table follows the guest's RAM,
+//! within the backend's `GET_MAX_MEM_SLOTS` (asked once, at the first hotplug). Without it they
+//! fail with [`Error::MemHotplugUnsupported`] and send nothing: the backend cannot follow, and a
+//! VMM fails the hotplug for this device (or resets it). A new session always sends the guest
+//! memory it is given, so a VMM that passes its current memory (the device reads its
+//! `GuestMemoryAtomic` at every start) gives a reconnected backend the hotplugged regions too.
+//!
 //! `GET_PROTOCOL_FEATURES` before `SET_FEATURES` is what the vhost-user spec and QEMU do; vhost's
 //! `Frontend` only checks that `GET_FEATURES` offered `VHOST_USER_F_PROTOCOL_FEATURES`, and the
 //! request changes none of its negotiation state (it only caches the answer), so asking twice on
@@ -33,7 +44,7 @@ use vm_memory::bitmap::Bitmap;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::channel::{BackendChannel, ChannelThread};
+use crate::channel::{BackendChannel, ChannelThread, ThreadHook};
 use crate::io::IoSpace;
 use crate::protocol::Dialect;
 use crate::window::DaxWindow;
@@ -138,6 +149,67 @@ pub enum Error {
     /// `SET_BACKEND_REQ_FD` failed.
     #[error("SET_BACKEND_REQ_FD failed")]
     SetBackendReqFd(#[source] vhost::Error),
+    /// Pausing the backend channel thread failed ([`crate::channel::Error::PauseTimeout`]).
+    #[error("pausing the backend channel thread failed")]
+    PauseChannel(#[source] crate::channel::Error),
+    /// Memory hotplug needs `CONFIGURE_MEM_SLOTS`, which the backend does not offer: its memory
+    /// table cannot follow the guest's RAM in this session.
+    #[error("the backend cannot follow memory hotplug (no CONFIGURE_MEM_SLOTS)")]
+    MemHotplugUnsupported,
+    /// `GET_MAX_MEM_SLOTS` failed.
+    #[error("GET_MAX_MEM_SLOTS failed")]
+    GetMaxMemSlots(#[source] vhost::Error),
+    /// Every memory slot of the backend is in use.
+    #[error("the backend's {max} memory slots are all in use")]
+    MemSlotsFull {
+        /// The backend's `GET_MAX_MEM_SLOTS`.
+        max: u64,
+    },
+    /// The region to add overlaps one the backend has (or is empty).
+    #[error(
+        "memory region at {gpa:#x} ({size:#x} bytes) is empty or overlaps one the backend has"
+    )]
+    MemRegionOverlap {
+        /// Guest physical address.
+        gpa: u64,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// The region to remove is not one the backend has (same address and size).
+    #[error("memory region at {gpa:#x} ({size:#x} bytes) is not in the backend's table")]
+    UnknownMemRegion {
+        /// Guest physical address.
+        gpa: u64,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// A region given as guest RAM overlaps the DAX window (host or guest addresses): the
+    /// window is never in the backend's memory table.
+    #[error("memory region at {gpa:#x} ({size:#x} bytes) overlaps the DAX window")]
+    WindowInMemTable {
+        /// Guest physical address.
+        gpa: u64,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// `ADD_MEM_REG` failed.
+    #[error("ADD_MEM_REG at {gpa:#x} failed")]
+    AddMemReg {
+        /// Guest physical address.
+        gpa: u64,
+        /// The error.
+        #[source]
+        source: vhost::Error,
+    },
+    /// `REM_MEM_REG` failed.
+    #[error("REM_MEM_REG at {gpa:#x} failed")]
+    RemMemReg {
+        /// Guest physical address.
+        gpa: u64,
+        /// The error.
+        #[source]
+        source: vhost::Error,
+    },
     /// `RESET_DEVICE` failed.
     #[error("RESET_DEVICE failed")]
     ResetDevice(#[source] vhost::Error),
@@ -186,10 +258,21 @@ pub struct SessionConfig {
     pub shutdown_timeout: Duration,
     /// Log prefix.
     pub name: String,
+    /// Name of the backend channel thread ([`crate::channel::BackendChannelBuilder::thread_name`]);
+    /// `None` for the default.
+    pub channel_thread_name: Option<String>,
+    /// Run on every backend channel thread before it serves
+    /// ([`crate::channel::BackendChannelBuilder::on_thread_start`]).
+    pub channel_thread_hook: Option<ThreadHook>,
+    /// Start the backend channel thread paused
+    /// ([`crate::channel::BackendChannelBuilder::start_paused`]): a session started while the
+    /// device is paused maps nothing until it is resumed.
+    pub channel_start_paused: bool,
 }
 
 /// Protocol features this crate asks for when the backend offers them. `SHMEM` is added when the
-/// device has a window and speaks the standard dialect.
+/// device has a window and speaks the standard dialect. `CONFIGURE_MEM_SLOTS` is for memory
+/// hotplug (see the module documentation).
 pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
@@ -197,6 +280,7 @@ pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::BACKEND_SEND_FD
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::RESET_DEVICE
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }
 
 /// Protocol features the DAX window needs in `dialect`.
@@ -328,6 +412,11 @@ pub struct Session {
     negotiated: Negotiated,
     /// Indices of the vrings the session started, stopped again by [`Session::reset`].
     vrings: Vec<usize>,
+    /// The guest memory regions the backend has, `(gpa, size)`: the memory table, with the
+    /// regions added and removed since.
+    mem_regions: Vec<(u64, u64)>,
+    /// The backend's `GET_MAX_MEM_SLOTS`, once asked.
+    max_mem_slots: Option<u64>,
 }
 
 /// What ending a session stops and drops, in that order; dropping it does both.
@@ -475,9 +564,8 @@ impl Session {
         if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             frontend.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
         }
-        frontend
-            .set_mem_table(&mem_table(mem)?)
-            .map_err(Error::SetMemTable)?;
+        let table = mem_table(mem)?;
+        frontend.set_mem_table(&table).map_err(Error::SetMemTable)?;
         for v in vrings {
             setup_vring(&mut frontend, mem, v)?;
         }
@@ -500,6 +588,11 @@ impl Session {
                 dax,
             },
             vrings: vrings.iter().map(|v| v.index).collect(),
+            mem_regions: table
+                .iter()
+                .map(|r| (r.guest_phys_addr, r.memory_size))
+                .collect(),
+            max_mem_slots: None,
         };
         if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
             let (ours, theirs) = UnixStream::pair().map_err(Error::BackendChannel)?;
@@ -507,7 +600,14 @@ impl Session {
                 .dialect(cfg.dialect)
                 .replace_exact(cfg.replace_exact)
                 .io_space(io.clone())
-                .name(cfg.name.clone());
+                .name(cfg.name.clone())
+                .start_paused(cfg.channel_start_paused);
+            if let Some(name) = &cfg.channel_thread_name {
+                builder = builder.thread_name(name.clone());
+            }
+            if let Some(hook) = &cfg.channel_thread_hook {
+                builder = builder.on_thread_start(hook.clone());
+            }
             if let (true, Some(w)) = (dax, window) {
                 builder = builder.window(w.clone());
             }
@@ -526,6 +626,105 @@ impl Session {
     /// What was agreed.
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
+    }
+
+    /// Pauses the backend channel thread ([`ChannelThread::pause_timeout`]): nothing is mapped
+    /// until [`Session::resume_channel`]. `Ok` when the session has no channel thread.
+    pub fn pause_channel(&self, timeout: Duration) -> Result<()> {
+        match &self.teardown.channel {
+            Some(c) => c.pause_timeout(timeout).map_err(Error::PauseChannel),
+            None => Ok(()),
+        }
+    }
+
+    /// Resumes the backend channel thread ([`ChannelThread::resume`]).
+    pub fn resume_channel(&self) {
+        if let Some(c) = &self.teardown.channel {
+            c.resume();
+        }
+    }
+
+    /// Whether the backend channel thread is paused.
+    pub fn channel_paused(&self) -> bool {
+        self.teardown
+            .channel
+            .as_ref()
+            .is_some_and(|c| c.is_paused())
+    }
+
+    /// The guest memory regions the backend has, as `(guest address, size)`: the memory table
+    /// of the session's start, with the regions added and removed since.
+    pub fn mem_regions(&self) -> &[(u64, u64)] {
+        &self.mem_regions
+    }
+
+    /// Sends `ADD_MEM_REG` for a hotplugged guest RAM region (never the DAX window: the caller
+    /// checks). Fails without sending anything when `CONFIGURE_MEM_SLOTS` was not negotiated
+    /// ([`Error::MemHotplugUnsupported`]), when the region is empty or overlaps one the backend
+    /// has ([`Error::MemRegionOverlap`]), or when the backend's slots are all in use
+    /// ([`Error::MemSlotsFull`], asked with `GET_MAX_MEM_SLOTS` the first time).
+    pub fn add_mem_region(&mut self, region: &VhostUserMemoryRegionInfo) -> Result<()> {
+        self.check_mem_slots()?;
+        let (gpa, size) = (region.guest_phys_addr, region.memory_size);
+        let end = gpa.checked_add(size);
+        let overlaps = |&(g, s): &(u64, u64)| end.is_none_or(|e| gpa < g + s && g < e);
+        if size == 0 || end.is_none() || self.mem_regions.iter().any(overlaps) {
+            return Err(Error::MemRegionOverlap { gpa, size });
+        }
+        let max = match self.max_mem_slots {
+            Some(m) => m,
+            None => {
+                let m = self
+                    .conn
+                    .frontend
+                    .get_max_mem_slots()
+                    .map_err(Error::GetMaxMemSlots)?;
+                self.max_mem_slots = Some(m);
+                m
+            }
+        };
+        if self.mem_regions.len() as u64 >= max {
+            return Err(Error::MemSlotsFull { max });
+        }
+        self.conn
+            .frontend
+            .add_mem_region(region)
+            .map_err(|source| Error::AddMemReg { gpa, source })?;
+        self.mem_regions.push((gpa, size));
+        Ok(())
+    }
+
+    /// Sends `REM_MEM_REG` for a guest RAM region the backend has (same address and size),
+    /// before the VMM unmaps it. Fails without sending anything when `CONFIGURE_MEM_SLOTS` was
+    /// not negotiated ([`Error::MemHotplugUnsupported`]) or the backend does not have the
+    /// region ([`Error::UnknownMemRegion`]).
+    pub fn remove_mem_region(&mut self, region: &VhostUserMemoryRegionInfo) -> Result<()> {
+        self.check_mem_slots()?;
+        let key = (region.guest_phys_addr, region.memory_size);
+        let Some(i) = self.mem_regions.iter().position(|r| *r == key) else {
+            return Err(Error::UnknownMemRegion {
+                gpa: key.0,
+                size: key.1,
+            });
+        };
+        self.conn
+            .frontend
+            .remove_mem_region(region)
+            .map_err(|source| Error::RemMemReg { gpa: key.0, source })?;
+        self.mem_regions.remove(i);
+        Ok(())
+    }
+
+    fn check_mem_slots(&self) -> Result<()> {
+        if self
+            .negotiated
+            .protocol
+            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+        {
+            Ok(())
+        } else {
+            Err(Error::MemHotplugUnsupported)
+        }
     }
 
     /// Whether the backend channel thread has ended (the backend closed it or died). Its

@@ -14,16 +14,41 @@
 //! | `mapped_bytes` | bytes mapped in the window now (gauge) |
 //! | `requests` | messages received on the backend channel, refused ones included |
 //! | `sessions_without_dax` | sessions started without DAX while the guest sees the window (`DaxFallback::Disable`): it stays empty |
-//! | `refusals(reason)` | messages refused, by [`Refusal`] reason |
-//! | `map_latency()` | time from a map request's arrival to its reply ([`LatencyHistogram`]) |
+//! | `refusals_<reason>` | messages refused, by [`Refusal`] reason ([`FsMetrics::refusals`]) |
+//! | `map_latency_count` | map requests timed in `map_latency()`: the time from a map request's arrival to its reply ([`LatencyHistogram`]) |
 //!
 //! All counters use relaxed atomics: each is exact, but a reader may see one updated before
 //! another.
+//!
+//! # Exporting them
+//!
+//! [`FsMetrics::counters`] lists every counter and gauge as a `(name, value)` pair, ready for a
+//! VMM's own metrics endpoint (cloud-hypervisor's `counters()` map, a Prometheus exporter). The
+//! names are stable: a name, once released, keeps its meaning; new counters only add names.
+//! They are the names of the table above, `map_latency_count` for the number of map latencies
+//! recorded, and `refusals_<reason>` for each [`Refusal`] ([`Refusal::counter_name`]).
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::num::Wrapping;
+//!
+//! use virtio_fs_dax::FsMetrics;
+//!
+//! let metrics = FsMetrics::new();
+//! let map: HashMap<&'static str, Wrapping<u64>> = metrics
+//!     .counters()
+//!     .into_iter()
+//!     .map(|(name, value)| (name, Wrapping(value)))
+//!     .collect();
+//! assert_eq!(map["maps"], Wrapping(0));
+//! assert_eq!(map["refusals_out_of_window"], Wrapping(0));
+//! ```
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Why a request was refused. Each reason has its own counter.
+/// Why a request was refused. Each reason has its own counter, named
+/// `refusals_<reason>` in [`FsMetrics::counters`], where `<reason>` is [`Refusal::as_str`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(usize)]
 pub enum Refusal {
@@ -81,6 +106,57 @@ impl Refusal {
         Refusal::Limit,
         Refusal::Stale,
     ];
+
+    /// The reason's stable snake_case name (`"out_of_window"`), as [`std::fmt::Display`] prints it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Header => "header",
+            Refusal::Size => "size",
+            Refusal::Unsupported => "unsupported",
+            Refusal::FdCount => "fd_count",
+            Refusal::Shmid => "shmid",
+            Refusal::ZeroLength => "zero_length",
+            Refusal::Overflow => "overflow",
+            Refusal::OutOfWindow => "out_of_window",
+            Refusal::Misaligned => "misaligned",
+            Refusal::Flags => "flags",
+            Refusal::Overlap => "overlap",
+            Refusal::NotMapped => "not_mapped",
+            Refusal::BadAddress => "bad_address",
+            Refusal::Syscall => "syscall",
+            Refusal::Limit => "limit",
+            Refusal::Stale => "stale",
+        }
+    }
+
+    /// The name of the reason's counter in [`FsMetrics::counters`]: `refusals_` and
+    /// [`Refusal::as_str`] (`"refusals_out_of_window"`).
+    pub const fn counter_name(self) -> &'static str {
+        match self {
+            Refusal::Header => "refusals_header",
+            Refusal::Size => "refusals_size",
+            Refusal::Unsupported => "refusals_unsupported",
+            Refusal::FdCount => "refusals_fd_count",
+            Refusal::Shmid => "refusals_shmid",
+            Refusal::ZeroLength => "refusals_zero_length",
+            Refusal::Overflow => "refusals_overflow",
+            Refusal::OutOfWindow => "refusals_out_of_window",
+            Refusal::Misaligned => "refusals_misaligned",
+            Refusal::Flags => "refusals_flags",
+            Refusal::Overlap => "refusals_overlap",
+            Refusal::NotMapped => "refusals_not_mapped",
+            Refusal::BadAddress => "refusals_bad_address",
+            Refusal::Syscall => "refusals_syscall",
+            Refusal::Limit => "refusals_limit",
+            Refusal::Stale => "refusals_stale",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The device's counters. See the module documentation for what each one counts.
@@ -151,6 +227,32 @@ impl FsMetrics {
     /// Refused maps are not recorded.
     pub fn map_latency(&self) -> &LatencyHistogram {
         &self.map_latency
+    }
+
+    /// Every counter and gauge as a `(name, value)` pair, in a fixed order: the names of the
+    /// module documentation's table, `map_latency_count` ([`LatencyHistogram::count`] of
+    /// [`FsMetrics::map_latency`]), then `refusals_<reason>` for every [`Refusal`] in
+    /// [`Refusal::ALL`] order. The names are stable (see the module documentation); each
+    /// value is read once, with the same relaxed ordering as the getters.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut out = vec![
+            ("maps", self.maps()),
+            ("unmaps", self.unmaps()),
+            ("syncs", self.syncs()),
+            ("ios", self.ios()),
+            ("io_bytes", self.io_bytes()),
+            ("live_mappings", self.live_mappings()),
+            ("mapped_bytes", self.mapped_bytes()),
+            ("requests", self.requests()),
+            ("sessions_without_dax", self.sessions_without_dax()),
+            ("map_latency_count", self.map_latency.count()),
+        ];
+        out.extend(
+            Refusal::ALL
+                .iter()
+                .map(|&r| (r.counter_name(), self.refusals(r))),
+        );
+        out
     }
 
     /// Refusals for every reason together.
@@ -264,6 +366,48 @@ mod tests {
         assert_eq!(m.total_refusals(), 3);
         for (i, r) in Refusal::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
+        }
+    }
+
+    #[test]
+    fn counter_names_are_unique_snake_case_and_follow_the_values() {
+        let m = FsMetrics::new();
+        let names: Vec<&str> = m.counters().iter().map(|(n, _)| *n).collect();
+        let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert_eq!(names.len(), 10 + Refusal::ALL.len());
+        for n in &names {
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    && !n.starts_with('_')
+                    && !n.ends_with('_')
+                    && !n.contains("__"),
+                "{n}"
+            );
+        }
+        for r in Refusal::ALL {
+            assert_eq!(r.counter_name(), format!("refusals_{r}"));
+            assert_eq!(r.to_string(), r.as_str());
+            m.refuse(r);
+            m.refuse(r);
+        }
+        FsMetrics::add(&m.maps, 3);
+        m.set_gauges(2, 4096);
+        m.map_latency().record(Duration::from_micros(5));
+        let get = |name: &str| {
+            m.counters()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v)
+        };
+        assert_eq!(get("maps"), Some(3));
+        assert_eq!(get("live_mappings"), Some(2));
+        assert_eq!(get("mapped_bytes"), Some(4096));
+        assert_eq!(get("map_latency_count"), Some(1));
+        assert_eq!(get("unmaps"), Some(0));
+        for r in Refusal::ALL {
+            assert_eq!(get(r.counter_name()), Some(2), "{r}");
         }
     }
 

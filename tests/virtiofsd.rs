@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
-use vm_memory::GuestMemoryAtomic;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 
 use common::*;
 use virtio_fs_dax::device::Error;
@@ -67,8 +67,13 @@ fn handshake_kill9_restart_reconnect() {
     );
     // What virtiofsd 1.14 offers and what this crate acks of it: the backend channel is set up
     // (BACKEND_REQ), NEED_REPLY is on (REPLY_ACK), so every request of the mem table and vring
-    // setup above was acknowledged by virtiofsd.
-    let expected = P::MQ | P::REPLY_ACK | P::BACKEND_REQ | P::BACKEND_SEND_FD | P::RESET_DEVICE;
+    // setup above was acknowledged by virtiofsd; memory hotplug can follow (CONFIGURE_MEM_SLOTS).
+    let expected = P::MQ
+        | P::REPLY_ACK
+        | P::BACKEND_REQ
+        | P::BACKEND_SEND_FD
+        | P::RESET_DEVICE
+        | P::CONFIGURE_MEM_SLOTS;
     assert!(
         n.backend_protocol.contains(expected),
         "{:?}",
@@ -80,6 +85,29 @@ fn handshake_kill9_restart_reconnect() {
         "virtiofsd 1.14 has no DAX"
     );
     assert!(!n.dax, "DAX disabled by the fallback");
+    assert!(!fs.check_backend());
+
+    // Hotplug: virtiofsd acknowledges ADD_MEM_REG and REM_MEM_REG (NEED_REPLY is on).
+    let (file, _) = memfd(4 << 20, |_| 0);
+    let hot = Arc::new(
+        vm_memory::GuestRegionMmap::from_range(
+            vm_memory::GuestAddress(1 << 30),
+            4 << 20,
+            Some(vm_memory::FileOffset::new(file, 0)),
+        )
+        .unwrap(),
+    );
+    let grown = mem.memory().insert_region(hot.clone()).unwrap();
+    mem.lock().unwrap().replace(grown);
+    fs.add_memory_region(&hot)
+        .expect("ADD_MEM_REG acked by virtiofsd");
+    fs.remove_memory_region(&hot)
+        .expect("REM_MEM_REG acked by virtiofsd");
+    let (shrunk, _) = mem
+        .memory()
+        .remove_region(vm_memory::GuestAddress(1 << 30), 4 << 20)
+        .unwrap();
+    mem.lock().unwrap().replace(shrunk);
     assert!(!fs.check_backend());
 
     // Kill -9: the device notices through its backend channel and reconnects to a restarted

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Error, Fs, Result, MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES};
+use crate::channel::ThreadHook;
 use crate::frontend::{DaxFallback, SessionConfig};
 use crate::io::IoSpace;
 use crate::memory::MemoryManager;
@@ -34,6 +35,8 @@ pub struct FsBuilder {
     shutdown_timeout: Duration,
     max_mappings: usize,
     granule: Option<u64>,
+    channel_thread_name: Option<String>,
+    channel_thread_hook: Option<ThreadHook>,
 }
 
 impl std::fmt::Debug for dyn MemoryManager {
@@ -131,6 +134,23 @@ impl FsBuilder {
         self
     }
 
+    /// Name of the backend channel thread of every session (Linux keeps its first 15 bytes).
+    /// Default: the log prefix `virtio-fs(<tag>)` and `-backend`, cut to 15 bytes by Linux.
+    pub fn channel_thread_name(mut self, name: impl Into<String>) -> Self {
+        self.channel_thread_name = Some(name.into());
+        self
+    }
+
+    /// A hook run on the backend channel thread of every session before it serves anything:
+    /// install the VMM's seccomp filter for it ([`crate::channel::SYSCALLS`]), set its CPU
+    /// affinity. When it fails, the session does not start: activation (or reconnect) fails
+    /// with [`crate::channel::Error::ThreadStart`] inside
+    /// [`crate::frontend::Error::ChannelThread`]. Default: none.
+    pub fn on_channel_thread(mut self, hook: ThreadHook) -> Self {
+        self.channel_thread_hook = Some(hook);
+        self
+    }
+
     /// Validates the configuration, reserves the window and builds the device. Does not connect.
     pub fn build(self) -> Result<Fs> {
         let config = VirtioFsConfig::new(&self.tag, self.request_queues).map_err(Error::Config)?;
@@ -173,6 +193,9 @@ impl FsBuilder {
                 replace_exact: self.replace_exact,
                 shutdown_timeout: self.shutdown_timeout,
                 name: format!("virtio-fs({})", self.tag),
+                channel_thread_name: self.channel_thread_name,
+                channel_thread_hook: self.channel_thread_hook,
+                channel_start_paused: false,
             },
             config,
             queue_sizes: vec![self.queue_size; queues],
@@ -211,6 +234,8 @@ impl Fs {
             shutdown_timeout: crate::channel::DEFAULT_STOP_TIMEOUT,
             max_mappings: window::DEFAULT_MAX_MAPPINGS,
             granule: None,
+            channel_thread_name: None,
+            channel_thread_hook: None,
         }
     }
 }

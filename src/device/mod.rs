@@ -119,6 +119,7 @@
 //! ```
 
 mod builder;
+mod control;
 mod error;
 mod interrupt;
 mod queue;

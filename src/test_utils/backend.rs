@@ -22,8 +22,11 @@
 //! - [`TestBackendServer::disconnect`] makes the backend die under the frontend, and the next
 //!   connection starts afresh (reconnect tests).
 //!
-//! It moves no data: it never maps guest memory nor touches the virtqueues, and it holds no
-//! kick, call or memory descriptor (it records that they came and closes them).
+//! It moves no data by itself: it never touches the virtqueues, and it holds no kick or call
+//! descriptor (it records that they came and closes them). It keeps the descriptors of its
+//! memory table (`SET_MEM_TABLE`, `ADD_MEM_REG`, `REM_MEM_REG`), so a test can read and write
+//! guest memory as the backend sees it ([`TestBackendServer::read_memory`],
+//! [`TestBackendServer::write_memory`]).
 //!
 //! # vhost 0.18 behaviour to know about
 //!
@@ -106,8 +109,8 @@ use vhost::VhostUserMemoryRegionBase;
 /// state.
 const POLL: Duration = Duration::from_millis(5);
 
-/// What `GET_MAX_MEM_SLOTS` answers (QEMU's and vhost-user-backend's usual value).
-const MAX_MEM_SLOTS: u64 = 509;
+/// What `GET_MAX_MEM_SLOTS` answers by default (QEMU's and vhost-user-backend's usual value).
+pub const DEFAULT_MAX_MEM_SLOTS: u64 = 509;
 
 /// Most shared memory regions `GET_SHMEM_CONFIG` can describe.
 const MAX_SHMEM_REGIONS: usize = 256;
@@ -120,7 +123,7 @@ pub struct TestBackendConfig {
     pub features: u64,
     /// Protocol features offered by `GET_PROTOCOL_FEATURES`. vhost's parser always adds
     /// `REPLY_ACK`. Default: `MQ | REPLY_ACK | BACKEND_REQ | BACKEND_SEND_FD | CONFIG |
-    /// RESET_DEVICE | SHMEM`.
+    /// RESET_DEVICE | SHMEM | CONFIGURE_MEM_SLOTS`.
     pub protocol_features: VhostUserProtocolFeatures,
     /// Number of queues `GET_QUEUE_NUM` answers, and the number of vrings recorded. Default: 2
     /// (virtio-fs: one hiprio queue and one request queue).
@@ -131,6 +134,8 @@ pub struct TestBackendConfig {
     pub config: Vec<u8>,
     /// How long `RESET_DEVICE` takes before it is answered: a stalled backend. Default: 0.
     pub reset_device_delay: Duration,
+    /// What `GET_MAX_MEM_SLOTS` answers. Default: [`DEFAULT_MAX_MEM_SLOTS`].
+    pub max_mem_slots: u64,
 }
 
 impl Default for TestBackendConfig {
@@ -144,10 +149,12 @@ impl Default for TestBackendConfig {
                 | VhostUserProtocolFeatures::BACKEND_SEND_FD
                 | VhostUserProtocolFeatures::CONFIG
                 | VhostUserProtocolFeatures::RESET_DEVICE
-                | VhostUserProtocolFeatures::SHMEM,
+                | VhostUserProtocolFeatures::SHMEM
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS,
             queue_num: 2,
             config: Vec::new(),
             reset_device_delay: Duration::ZERO,
+            max_mem_slots: DEFAULT_MAX_MEM_SLOTS,
         }
     }
 }
@@ -290,6 +297,8 @@ pub struct TestBackend {
     state: TestBackendState,
     channel: Option<Backend>,
     shmem_sizes: Vec<u64>,
+    /// The memory table's regions with their descriptors.
+    memory: Vec<(MemRegionRecord, File)>,
 }
 
 impl fmt::Debug for TestBackend {
@@ -311,6 +320,7 @@ impl TestBackend {
             state: TestBackendState::default(),
             channel: None,
             shmem_sizes: Vec::new(),
+            memory: Vec::new(),
         };
         backend.state.vrings = backend.fresh_vrings();
         backend
@@ -339,6 +349,38 @@ impl TestBackend {
         self.shmem_sizes = sizes.iter().take(MAX_SHMEM_REGIONS).copied().collect();
     }
 
+    /// Reads guest memory at `gpa` through the descriptor of the memory table region that holds
+    /// all of `buf` (the backend's view of guest RAM, not the frontend's mapping).
+    pub fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> io::Result<()> {
+        let (file, offset) = self.memory_at(gpa, buf.len())?;
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+
+    /// Writes guest memory at `gpa` through the descriptor of the memory table region that holds
+    /// all of `data`.
+    pub fn write_memory(&self, gpa: u64, data: &[u8]) -> io::Result<()> {
+        let (file, offset) = self.memory_at(gpa, data.len())?;
+        std::os::unix::fs::FileExt::write_all_at(file, data, offset)
+    }
+
+    fn memory_at(&self, gpa: u64, len: usize) -> io::Result<(&File, u64)> {
+        self.memory
+            .iter()
+            .find(|(r, _)| {
+                gpa >= r.guest_phys_addr
+                    && (gpa - r.guest_phys_addr)
+                        .checked_add(len as u64)
+                        .is_some_and(|end| end <= r.memory_size)
+            })
+            .map(|(r, f)| (f, r.mmap_offset + (gpa - r.guest_phys_addr)))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no memory table region holds {gpa:#x}+{len:#x}"),
+                )
+            })
+    }
+
     fn fresh_vrings(&self) -> Vec<VringRecord> {
         let n = self.config.queue_num.min(VHOST_USER_MAX_VRINGS) as usize;
         vec![VringRecord::default(); n]
@@ -359,11 +401,13 @@ impl TestBackend {
             ..TestBackendState::default()
         };
         self.channel = None;
+        self.memory.clear();
     }
 
     /// The connection ended: its backend channel fails from now on (in every clone).
     fn end_connection(&mut self) {
         self.state.connected = false;
+        self.memory.clear();
         if let Some(channel) = self.channel.take() {
             channel.set_failed(libc::ECONNRESET);
         }
@@ -480,6 +524,7 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
                 ..MemRegionRecord::from(r)
             })
             .collect();
+        self.memory = self.state.mem_table.iter().copied().zip(files).collect();
         Ok(None)
     }
 
@@ -673,20 +718,22 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
 
     fn get_max_mem_slots(&mut self) -> VhostUserResult<u64> {
         self.request("GET_MAX_MEM_SLOTS");
-        Ok(MAX_MEM_SLOTS)
+        Ok(self.config.max_mem_slots)
     }
 
     fn add_mem_region(
         &mut self,
         region: &VhostUserSingleMemoryRegion,
-        _fd: File,
+        fd: File,
         _postcopy_listening: Option<bool>,
     ) -> VhostUserResult<Option<VhostUserMemoryRegionBase>> {
         self.request("ADD_MEM_REG");
-        self.state.mem_table.push(MemRegionRecord {
+        let record = MemRegionRecord {
             has_fd: true,
             ..MemRegionRecord::from(&**region)
-        });
+        };
+        self.state.mem_table.push(record);
+        self.memory.push((record, fd));
         Ok(None)
     }
 
@@ -694,9 +741,9 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
         self.request("REM_MEM_REG");
         let gone = MemRegionRecord::from(&**region);
         let before = self.state.mem_table.len();
-        self.state.mem_table.retain(|r| {
-            (r.guest_phys_addr, r.memory_size) != (gone.guest_phys_addr, gone.memory_size)
-        });
+        let key = |r: &MemRegionRecord| (r.guest_phys_addr, r.memory_size);
+        self.state.mem_table.retain(|r| key(r) != key(&gone));
+        self.memory.retain(|(r, _)| key(r) != key(&gone));
         if self.state.mem_table.len() == before {
             return Err(VhostUserError::InvalidParam);
         }
@@ -851,6 +898,17 @@ impl TestBackendServer {
     /// dropped.
     pub fn backend_channel(&self) -> Option<Backend> {
         self.shared.backend().backend_channel()
+    }
+
+    /// Reads guest memory as the backend sees it ([`TestBackend::read_memory`]): through the
+    /// descriptors of the current connection's memory table.
+    pub fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.shared.backend().read_memory(gpa, buf)
+    }
+
+    /// Writes guest memory as the backend would ([`TestBackend::write_memory`]).
+    pub fn write_memory(&self, gpa: u64, data: &[u8]) -> io::Result<()> {
+        self.shared.backend().write_memory(gpa, data)
     }
 
     /// Number of connections accepted so far.

@@ -19,7 +19,7 @@ pub mod guest;
 pub use crate::memory::FakeMemoryManager;
 pub use backend::{
     MemRegionRecord, SetConfigCall, TestBackend, TestBackendConfig, TestBackendServer,
-    TestBackendState, VringAddrRecord, VringRecord,
+    TestBackendState, VringAddrRecord, VringRecord, DEFAULT_MAX_MEM_SLOTS,
 };
 pub use guest::{
     guest_read, guest_write, memfd_guest_memory, FuseSession, GuestError, SplitQueueDriver,
