@@ -341,23 +341,30 @@ impl VirtioDevice for VirtioFsDax {
     }
 
     fn counters(&self) -> Option<HashMap<&'static str, Wrapping<u64>>> {
-        let m = self.fs.metrics();
-        Some(HashMap::from([
-            ("dax_maps", Wrapping(m.maps())),
-            ("dax_unmaps", Wrapping(m.unmaps())),
-            ("dax_syncs", Wrapping(m.syncs())),
-            ("dax_live_mappings", Wrapping(m.live_mappings())),
-            ("dax_mapped_bytes", Wrapping(m.mapped_bytes())),
-            ("backend_requests", Wrapping(m.requests())),
-            ("backend_refusals", Wrapping(m.total_refusals())),
-            ("fs_io", Wrapping(m.ios())),
-            ("fs_io_bytes", Wrapping(m.io_bytes())),
-        ]))
+        // Stable names, exported as they are.
+        Some(
+            self.fs
+                .counters()
+                .into_iter()
+                .map(|(name, value)| (name, Wrapping(value)))
+                .collect(),
+        )
     }
 }
 
-// Pausing stops the vCPUs; the backend channel keeps serving whatever the backend sends.
-impl Pausable for VirtioFsDax {}
+// Before a snapshot or a migration: no map is served until resume (requests wait in the socket).
+impl Pausable for VirtioFsDax {
+    fn pause(&mut self) -> std::result::Result<(), MigratableError> {
+        self.fs
+            .pause()
+            .map_err(|e| MigratableError::Pause(e.into()))
+    }
+
+    fn resume(&mut self) -> std::result::Result<(), MigratableError> {
+        self.fs.resume();
+        Ok(())
+    }
+}
 
 impl Snapshottable for VirtioFsDax {
     fn id(&self) -> String {
@@ -455,14 +462,7 @@ fn main() -> Result<()> {
             len: CACHE_SIZE,
         }],
     };
-    let mut dev: Box<dyn VirtioDevice> = Box::new(VirtioFsDax::new(
-        "_fs0",
-        &socket,
-        "myfs",
-        1,
-        QUEUE_SIZE,
-        Some(cache),
-    )?);
+    let mut dev = VirtioFsDax::new("_fs0", &socket, "myfs", 1, QUEUE_SIZE, Some(cache))?;
 
     // The transport reads the device through the trait.
     let mut config = [0u8; 40];
@@ -543,12 +543,33 @@ fn main() -> Result<()> {
         .read_slice(&mut seen, 0)?;
     println!("cache at +4 MiB reads {:?}", String::from_utf8_lossy(&seen));
     ensure!(&seen == b"hello from the page cache");
-    print_counters(dev.as_ref());
+    print_counters(&dev);
+
+    // Pause, as before a snapshot: a map the backend sends meanwhile waits in the socket, and is
+    // served at resume.
+    dev.pause()?;
+    let late = std::thread::spawn(move || {
+        let map = VhostUserMMap {
+            shm_offset: 8 * MIB,
+            ..map
+        };
+        channel.shmem_map(&map, &file)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    ensure!(
+        dev.counters().unwrap()["live_mappings"].0 == 1,
+        "mapped while paused"
+    );
+    println!("paused: the backend's second map waits");
+    dev.resume()?;
+    late.join().expect("backend thread")?;
+    ensure!(dev.counters().unwrap()["live_mappings"].0 == 2);
+    println!("resumed: served");
 
     // Device reset: the mappings go, the region stays reserved and in its slot.
     dev.reset();
-    print_counters(dev.as_ref());
-    ensure!(dev.counters().unwrap()["dax_live_mappings"].0 == 0);
+    print_counters(&dev);
+    ensure!(dev.counters().unwrap()["live_mappings"].0 == 0);
 
     // A BAR move: the memory manager moves the slot, the device follows.
     let mut moved = dev.get_shm_regions().context("no cache region")?;
