@@ -6,8 +6,8 @@
 //!
 //! - [`memfd_guest_memory`]: guest RAM backed by a memfd, so a vhost-user backend can map it.
 //! - [`SplitQueueDriver`]: the driver side of a split virtqueue in that RAM. It lays the rings
-//!   out, hands the device a configured [`ActivateQueue`], adds descriptor chains, kicks and
-//!   waits for used buffers.
+//!   out, hands the device a configured [`ActivateQueue`](crate::device::ActivateQueue), adds
+//!   descriptor chains, kicks and waits for used buffers.
 //! - [`fuse`]: the FUSE wire structures of the Linux uapi `fuse.h` (protocol 7.31 and later,
 //!   with the virtio-fs DAX requests `FUSE_SETUPMAPPING` / `FUSE_REMOVEMAPPING`), a request
 //!   builder and a reply parser.
