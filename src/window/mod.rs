@@ -53,9 +53,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use self::ranges::{
-    check_range, Mapping, MappingTable, OverlapPolicy, Policy, RangeError, UnmapPolicy,
-};
+use self::ranges::{check_range, MappingTable};
+pub use self::ranges::{Mapping, OverlapPolicy, Policy, RangeError, UnmapPolicy};
 use self::reservation::{Ballast, Reservation};
 use crate::metrics::FsMetrics;
 use crate::protocol::{MapEntry, Range};
@@ -70,6 +69,7 @@ pub const DEFAULT_MAX_MAPPINGS: usize = 8192;
 
 /// Errors of window operations. [`Error::errno`] gives the errno a peer is told.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The window size is not a power of two of at least 2 MiB.
     #[error("window size {size:#x} is not a power of two of at least {MIN_WINDOW_SIZE:#x}")]
