@@ -19,6 +19,7 @@ use super::wire::{
 
 /// Why a message was refused by the decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The version bits of the header are not 1.
     #[error("unsupported protocol version in header flags {flags:#x}")]

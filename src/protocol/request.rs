@@ -6,6 +6,7 @@
 
 /// A validated header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Header {
     /// Request code (meaning depends on the dialect).
     pub request: u32,
@@ -71,6 +72,7 @@ pub struct IoEntry {
 /// A decoded request. The file descriptors are not part of it: the socket loop owns them and
 /// hands them to the window next to the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Request {
     /// Standard SHMEM_MAP of one range of region `shmid`.
     ShmemMap {
