@@ -68,6 +68,7 @@ pub use self::window::{guest_read, guest_write};
 
 /// Errors of the simulated guest.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GuestError {
     /// A guest memory access failed.
     #[error("guest memory")]
