@@ -23,6 +23,7 @@ use crate::window::DaxWindow;
 
 /// Errors of the IO path. [`Error::errno`] gives the errno a peer is told.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The range is not (entirely) guest RAM or a mapped range of a registered window with the
     /// access needed.
@@ -67,6 +68,10 @@ impl Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// What a transfer does with a host memory segment.
+///
+/// Not part of the stable API: the backend channel builds these from FS_IO and MEM_READ /
+/// MEM_WRITE requests; it is public only for the benchmarks.
+#[doc(hidden)]
 pub enum Transfer<'a> {
     /// Read the file at this offset into memory (FS_IO without MAP_W).
     ReadFile(&'a File, u64),
@@ -185,11 +190,30 @@ impl Transfer<'_> {
     }
 }
 
-/// Guest RAM as the IO path sees it. Implemented for every vm-memory [`GuestAddressSpace`]
-/// (`GuestMemoryAtomic<GuestMemoryMmap>`, `Arc<GuestMemoryMmap>`, ...).
-pub trait GuestRam: Send + Sync {
-    /// Runs `transfer` over `[gpa, gpa + len)` if it is all guest RAM; returns the bytes moved.
-    fn transfer(&self, gpa: u64, len: u64, transfer: &mut Transfer<'_>) -> Result<u64>;
+/// Guest RAM as the IO path sees it: what [`IoSpace::with_guest_memory`] takes. Implemented for
+/// every vm-memory [`GuestAddressSpace`] (`GuestMemoryAtomic<GuestMemoryMmap>`,
+/// `Arc<GuestMemoryMmap>`, ...).
+///
+/// The trait is sealed: the IO path relies on vm-memory's checks of a range and its slices, so
+/// nothing else implements it.
+pub trait GuestRam: sealed::GuestRamTransfer + Send + Sync {}
+
+impl<S> GuestRam for S
+where
+    S: GuestAddressSpace + Send + Sync,
+    S::M: GuestMemory,
+{
+}
+
+mod sealed {
+    use super::{Result, Transfer};
+
+    /// The private half of [`GuestRam`](super::GuestRam).
+    pub trait GuestRamTransfer {
+        /// Runs `transfer` over `[gpa, gpa + len)` if it is all guest RAM; returns the bytes
+        /// moved.
+        fn transfer(&self, gpa: u64, len: u64, transfer: &mut Transfer<'_>) -> Result<u64>;
+    }
 }
 
 fn slices_transfer<B: BitmapSlice>(
@@ -214,7 +238,7 @@ fn slices_transfer<B: BitmapSlice>(
     Ok(done as u64)
 }
 
-impl<S> GuestRam for S
+impl<S> sealed::GuestRamTransfer for S
 where
     S: GuestAddressSpace + Send + Sync,
     S::M: GuestMemory,
@@ -307,6 +331,9 @@ impl IoSpace {
     /// Runs `transfer` over `[gpa, gpa + len)`. The range must lie entirely in guest RAM or
     /// entirely in live mappings of one registered window (writable ones when the transfer
     /// stores into memory). Returns the bytes moved: less than `len` only at end of file.
+    ///
+    /// Not part of the stable API (the backend channel's, public for the benchmarks).
+    #[doc(hidden)]
     pub fn transfer(&self, gpa: u64, len: u64, mut transfer: Transfer<'_>) -> Result<u64> {
         let bad = Error::BadAddress { gpa, len };
         let end = gpa.checked_add(len).ok_or(Error::BadAddress { gpa, len })?;

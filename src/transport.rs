@@ -94,6 +94,7 @@ pub const SHM_NO_REGION: u64 = u64::MAX;
 
 /// Errors of [`VirtioFsConfig::new`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The tag is empty.
     #[error("the virtio-fs tag is empty")]
@@ -290,6 +291,7 @@ pub fn shm_pci_cap(bar: u8, offset: u64, length: u64) -> VirtioPciCap64 {
 
 /// Errors of [`ShmBar::for_window`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BarError {
     /// The BAR size is not a power of two of at least [`MIN_SHM_BAR_SIZE`].
     #[error("BAR size {size:#x} is not a power of two of at least {MIN_SHM_BAR_SIZE:#x}")]
@@ -325,6 +327,7 @@ const PCI_BAR_MEM_PREFETCH: u32 = 1 << 3;
 /// - A power of two, as every PCI BAR; PCI also aligns a BAR to its size, which exceeds the
 ///   2 MiB the guest needs ([`WINDOW_ALIGNMENT`]) for any window of at least 2 MiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct ShmBar {
     /// BAR index (0 to 5; a 64-bit BAR also takes `index + 1`).
     pub index: u8,

@@ -206,11 +206,7 @@ impl Model {
             }
         }
         out.into_iter()
-            .map(|(start, n, p)| Mapping {
-                offset: start * self.page,
-                len: n * self.page,
-                access: p.access,
-            })
+            .map(|(start, n, p)| Mapping::new(start * self.page, n * self.page, p.access))
             .collect()
     }
 

@@ -56,9 +56,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vm_memory::bitmap::Bitmap;
 use vm_memory::MmapRegion;
 
-pub use self::ranges::{
-    check_range, Mapping, MappingTable, OverlapPolicy, Policy, RangeError, UnmapPolicy,
-};
+use self::ranges::{check_range, MappingTable};
+pub use self::ranges::{Mapping, OverlapPolicy, Policy, RangeError, UnmapPolicy};
 pub use self::reservation::RegionRefusal;
 use self::reservation::{AdoptError, Ballast, HandedIn, Reservation};
 use crate::metrics::FsMetrics;
@@ -74,6 +73,7 @@ pub const DEFAULT_MAX_MAPPINGS: usize = 8192;
 
 /// Errors of window operations. [`Error::errno`] gives the errno a peer is told.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The window size is not a power of two of at least 2 MiB.
     #[error("window size {size:#x} is not a power of two of at least {MIN_WINDOW_SIZE:#x}")]

@@ -59,6 +59,7 @@ impl Policy {
 
 /// Why a range was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RangeError {
     /// `offset + len` overflows.
     Overflow,
@@ -81,7 +82,7 @@ const MAX_FILE_END: u64 = i64::MAX as u64;
 
 /// Checks a range against the window size and the page size: overflow, end, alignment. The
 /// file offset (if any) must be page aligned too, and `fd_offset + len` must fit `off_t`.
-pub fn check_range(
+pub(crate) fn check_range(
     offset: u64,
     len: u64,
     fd_offset: Option<u64>,
@@ -108,8 +109,9 @@ pub fn check_range(
     Ok(())
 }
 
-/// One live mapping.
+/// One live mapping, as [`DaxWindow::mappings`](super::DaxWindow::mappings) reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Mapping {
     /// Offset in the window.
     pub offset: u64,
@@ -119,9 +121,21 @@ pub struct Mapping {
     pub access: Access,
 }
 
+impl Mapping {
+    /// A mapping of `len` bytes at window offset `offset` with `access`: what a test compares
+    /// [`DaxWindow::mappings`](super::DaxWindow::mappings) with.
+    pub fn new(offset: u64, len: u64, access: Access) -> Self {
+        Mapping {
+            offset,
+            len,
+            access,
+        }
+    }
+}
+
 /// The live mappings of a window, keyed by offset, never overlapping.
 #[derive(Clone, Debug, Default)]
-pub struct MappingTable {
+pub(crate) struct MappingTable {
     map: BTreeMap<u64, (u64, Access)>,
     bytes: u64,
 }
@@ -135,11 +149,6 @@ impl MappingTable {
     /// Number of live mappings.
     pub fn len(&self) -> usize {
         self.map.len()
-    }
-
-    /// True when nothing is mapped.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     /// Total bytes mapped.
@@ -427,7 +436,7 @@ mod tests {
         );
         assert_eq!(t.check_unmap(0, 2 * PAGE, exact), Ok(()));
         assert_eq!(t.remove(0, 2 * PAGE), 1);
-        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
         assert_eq!(t.mapped_bytes(), 0);
     }
 

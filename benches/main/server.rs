@@ -1,0 +1,227 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Peers and servers over a socket pair.
+
+use std::io::Read;
+use std::mem::{size_of, size_of_val};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::thread::{self, JoinHandle};
+
+use vm_memory::ByteValued;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use virtio_fs_dax::channel::ChannelThread;
+use virtio_fs_dax::protocol::{FsBackendMsg, VhostUserMMap, FLAG_REPLY, HEADER_SIZE, VERSION};
+use virtio_fs_dax::BackendChannel;
+
+use crate::floor::{pread_all, AnonBuf, RawReservation};
+use crate::placement::Placement;
+
+/// Sends one message (with `fd` attached) and returns the reply's value.
+pub fn call(sock: &UnixStream, msg: &[u8], fd: Option<RawFd>) -> i64 {
+    let fds: &[RawFd] = match &fd {
+        Some(f) => std::slice::from_ref(f),
+        None => &[],
+    };
+    let n = sock.send_with_fds(&[msg], fds).unwrap();
+    assert_eq!(n, msg.len());
+    let mut reply = [0u8; HEADER_SIZE + 8];
+    let mut s = sock;
+    s.read_exact(&mut reply).unwrap();
+    i64::from_le_bytes(reply[HEADER_SIZE..].try_into().unwrap())
+}
+
+pub enum Server {
+    Channel(ChannelThread),
+    Thread(JoinHandle<()>),
+}
+
+/// A server on its own thread and the peer's end of its socket; stops and joins on drop.
+pub struct Served {
+    pub peer: UnixStream,
+    server: Option<Server>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        match self.server.take() {
+            Some(Server::Channel(t)) => t.stop().unwrap(),
+            Some(Server::Thread(h)) => {
+                let _ = self.peer.shutdown(std::net::Shutdown::Both);
+                h.join().unwrap();
+            }
+            None => {}
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub enum Drive {
+    /// `BackendChannel::spawn`: epoll + stop eventfd, the crate's own thread.
+    Spawn,
+    /// A plain thread as an event loop drives the channel: `poll(2)` for readiness, then the
+    /// non-blocking `BackendChannel::handle_one` (`handle_one_timeout` does both).
+    HandleOne,
+}
+
+pub fn serve_channel(
+    place: &Placement,
+    drive: Drive,
+    build: impl FnOnce(UnixStream) -> BackendChannel,
+) -> Served {
+    let (ours, peer) = UnixStream::pair().unwrap();
+    let channel = build(ours);
+    let server = place.server(|| match drive {
+        Drive::Spawn => Server::Channel(channel.spawn().unwrap()),
+        Drive::HandleOne => Server::Thread(thread::spawn(move || {
+            let mut channel = channel;
+            while channel
+                .handle_one_timeout(std::time::Duration::from_secs(3600))
+                .is_ok()
+            {}
+        })),
+    });
+    Served {
+        peer,
+        server: Some(server),
+    }
+}
+
+/// What the raw server does with a request.
+#[derive(Clone, Copy)]
+pub enum RawOp {
+    /// SHMEM_MAP: `mmap MAP_FIXED` of the descriptor into a reservation of this size;
+    /// SHMEM_UNMAP: the `PROT_NONE` re-map.
+    Map { window: u64 },
+    /// Legacy FS_IO (code 9 too): `pread` of entry 0 into an [`AnonBuf`] of this size.
+    Pread { len: u64 },
+}
+
+pub fn serve_raw(place: &Placement, op: RawOp) -> Served {
+    serve_raw_with(place, op, false)
+}
+
+/// As [`serve_raw`]; with `poll_first`, the server waits for readiness with `poll(2)` before each
+/// message, as an event loop does.
+pub fn serve_raw_with(place: &Placement, op: RawOp, poll_first: bool) -> Served {
+    let (ours, peer) = UnixStream::pair().unwrap();
+    let server =
+        place.server(|| Server::Thread(thread::spawn(move || raw_server(ours, op, poll_first))));
+    Served {
+        peer,
+        server: Some(server),
+    }
+}
+
+/// `recvmsg` until `buf` is full, keeping the first descriptor that comes along. `None` at the
+/// end of the stream.
+pub fn raw_recv(fd: RawFd, buf: &mut [u8], file: &mut Option<OwnedFd>) -> Option<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        let mut iov = libc::iovec {
+            iov_base: rest.as_mut_ptr().cast(),
+            iov_len: rest.len(),
+        };
+        // Room for one descriptor (CMSG_SPACE(4) is 24 bytes), 8-byte aligned.
+        let mut control = [0u64; 4];
+        // SAFETY: msghdr is plain data; all zeroes is a valid (empty) value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control) as _;
+        // SAFETY: `msg` points at `iov` (an exclusive borrow of `rest`) and `control`, both
+        // live for the call, with their lengths.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+        if n <= 0 {
+            return None;
+        }
+        // SAFETY: `msg` was filled in by recvmsg; CMSG_FIRSTHDR stays within `control`.
+        let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        if !cmsg.is_null() {
+            // SAFETY: `cmsg` points at a header the kernel wrote inside `control`.
+            let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
+            if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+                // SAFETY: an SCM_RIGHTS message that fit in `control` carries one descriptor
+                // after its header, which recvmsg installed in our table for us alone.
+                let owned = unsafe {
+                    let raw = libc::CMSG_DATA(cmsg).cast::<RawFd>().read_unaligned();
+                    OwnedFd::from_raw_fd(raw)
+                };
+                file.get_or_insert(owned);
+            }
+        }
+        got += n as usize;
+    }
+    Some(())
+}
+
+/// The floor of the channel: header and body read as the channel reads them (two `recvmsg`),
+/// no decoding, no checks, no table; the mmap (or pread), then a 20-byte reply.
+pub fn raw_server(sock: UnixStream, op: RawOp, poll_first: bool) {
+    let fd = sock.as_raw_fd();
+    let reservation = match op {
+        RawOp::Map { window } => Some(RawReservation::new(window)),
+        RawOp::Pread { .. } => None,
+    };
+    let mut buf = match op {
+        RawOp::Pread { len } => Some(AnonBuf::new(len)),
+        RawOp::Map { .. } => None,
+    };
+    let mut hdr = [0u8; HEADER_SIZE];
+    let mut body = [0u8; size_of::<FsBackendMsg>()];
+    loop {
+        if poll_first {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, -1) };
+        }
+        let mut file = None;
+        if raw_recv(fd, &mut hdr, &mut file).is_none() {
+            return;
+        }
+        let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
+        let size = size.min(body.len());
+        if raw_recv(fd, &mut body[..size], &mut file).is_none() {
+            return;
+        }
+        let code = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
+        let value = match (op, &reservation, &file) {
+            (RawOp::Map { .. }, Some(r), Some(f)) => {
+                let m = VhostUserMMap::from_slice(&body[..size_of::<VhostUserMMap>()]).unwrap();
+                r.range.map(m.shm_offset, m.len, f.as_raw_fd(), m.fd_offset);
+                0
+            }
+            (RawOp::Map { .. }, Some(r), None) => {
+                let m = VhostUserMMap::from_slice(&body[..size_of::<VhostUserMMap>()]).unwrap();
+                r.range.clear(m.shm_offset, m.len);
+                0
+            }
+            (RawOp::Pread { .. }, _, Some(f)) => {
+                let m = FsBackendMsg::from_slice(&body).unwrap();
+                let (len, at) = (m.len[0] as usize, m.fd_offset[0]);
+                let buf = buf.as_mut().unwrap().as_mut();
+                pread_all(f.as_raw_fd(), &mut buf[..len], at) as u64
+            }
+            _ => return,
+        };
+        drop(file);
+        let mut reply = [0u8; HEADER_SIZE + 8];
+        reply[0..4].copy_from_slice(&code.to_le_bytes());
+        reply[4..8].copy_from_slice(&(VERSION | FLAG_REPLY).to_le_bytes());
+        reply[8..12].copy_from_slice(&8u32.to_le_bytes());
+        reply[12..].copy_from_slice(&value.to_le_bytes());
+        // SAFETY: send reads `reply.len()` bytes of `reply`.
+        let n = unsafe { libc::send(fd, reply.as_ptr().cast(), reply.len(), libc::MSG_NOSIGNAL) };
+        if n != reply.len() as isize {
+            return;
+        }
+    }
+}
