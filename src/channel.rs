@@ -173,6 +173,7 @@ pub const SHMID_CACHE: u8 = 0;
 /// Why one request was refused. [`RequestError::errno`] is the one place where refusals become
 /// the errno the backend is told; [`RequestError::reason`] picks the counter.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestError {
     /// The message is malformed.
     #[error(transparent)]
@@ -262,6 +263,7 @@ impl RequestError {
 /// Why the channel stopped serving. Refused requests are not errors of the channel: they are
 /// answered and counted, and [`BackendChannel::handle_one`] returns `Ok`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The backend closed its end between two messages.
     #[error("the backend closed the channel")]
@@ -307,6 +309,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// What [`BackendChannel::handle_one`] did with one message.
 #[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Outcome {
     /// Request code of the message.
     pub request: u32,

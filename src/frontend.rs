@@ -57,6 +57,7 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
 /// Errors of the vhost-user session. Each step has its own variant and keeps its source.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Connecting to the backend socket failed after every retry.
     #[error("connecting to {path} failed after {attempts} attempts")]
@@ -226,6 +227,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A device ([`crate::Fs`]) decides at [`crate::Fs::connect`], before the guest can see the
 /// window; a session decides again when it starts ([`Session::start`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DaxFallback {
     /// Fail with [`Error::DaxUnsupported`]: at connect, at activation and at reconnect.
     #[default]
@@ -297,6 +299,7 @@ pub fn dax_protocol_features(dialect: Dialect) -> VhostUserProtocolFeatures {
 
 /// What was agreed with the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Negotiated {
     /// Virtio features the backend offered (before acking).
     pub backend_features: u64,

@@ -134,9 +134,27 @@ pub mod test_utils;
 pub mod transport;
 pub mod window;
 
-pub use channel::{BackendChannel, BackendChannelBuilder, ChannelThread, Outcome, RequestError};
+pub use channel::{
+    BackendChannel, BackendChannelBuilder, ChannelThread, Outcome, RequestError, ThreadHook,
+};
 pub use device::{Fs, FsBuilder};
+pub use frontend::DaxFallback;
+pub use memory::{MemoryManager, WindowRegion};
 pub use io::IoSpace;
 pub use metrics::{FsMetrics, LatencyHistogram, Refusal};
 pub use protocol::Dialect;
 pub use window::{DaxWindow, DaxWindowBuilder, Policy, WindowLease};
+
+// The rust-vmm crates whose types cross this crate's API, so that a VMM can use exactly the
+// versions the crate was built with (or check that its own match: vhost 0.18, vm-memory 0.18,
+// virtio-queue 0.18, vmm-sys-util 0.15).
+/// vhost, whose vhost-user types (`VhostUserProtocolFeatures`, `VhostUserMMap`,
+/// `VhostUserMemoryRegionInfo`) cross the API.
+pub use vhost;
+/// virtio-queue, whose `Queue` the device is activated with.
+pub use virtio_queue;
+/// vm-memory, whose `GuestMemoryAtomic`, `GuestMemoryMmap`, `GuestRegionMmap` and `MmapRegion`
+/// the device takes.
+pub use vm_memory;
+/// vmm-sys-util, whose `EventFd` carries the queues' kicks and calls.
+pub use vmm_sys_util;

@@ -51,6 +51,7 @@ use std::time::Duration;
 /// `refusals_<reason>` in [`FsMetrics::counters`], where `<reason>` is [`Refusal::as_str`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(usize)]
+#[non_exhaustive]
 pub enum Refusal {
     /// Bad version, REPLY flag on a request, or unknown header flags.
     Header,

@@ -14,6 +14,7 @@ use crate::{frontend, transport, window};
 
 /// Errors of the device.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The tag or queue count is invalid.
     #[error("invalid configuration")]

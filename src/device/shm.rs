@@ -5,6 +5,7 @@
 
 /// A virtio shared memory region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SharedMemoryRegion {
     /// Region id (0: the DAX cache window).
     pub id: u8,
@@ -18,6 +19,7 @@ pub struct SharedMemoryRegion {
 
 /// Host memory the VMM must map into the guest for this device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct UserspaceMapping {
     /// Host virtual address.
     pub host_addr: u64,

@@ -46,6 +46,7 @@ pub(crate) struct Reservation {
 
 /// Why a region the VMM reserved cannot become a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RegionRefusal {
     /// Its size differs from the window size asked for.
     SizeDiffers {
