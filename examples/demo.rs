@@ -120,7 +120,7 @@ fn sample_tree(dir: &Path) -> Result<()> {
     ];
     for (i, (name, size)) in sizes.iter().enumerate() {
         let data: Vec<u8> = (0..*size)
-            .map(|b| (b / 4096) as u8 ^ (b as u8).rotate_left(3) ^ (i as u8 * 37))
+            .map(|b| (b / 4096) as u8 ^ (b as u8).rotate_left(3) ^ (i as u8).wrapping_mul(37))
             .collect();
         std::fs::write(dir.join(name), data)?;
     }
