@@ -139,8 +139,8 @@ pub use channel::{
 };
 pub use device::{Fs, FsBuilder};
 pub use frontend::DaxFallback;
-pub use memory::{MemoryManager, WindowRegion};
 pub use io::IoSpace;
+pub use memory::{MemoryManager, WindowRegion};
 pub use metrics::{FsMetrics, LatencyHistogram, Refusal};
 pub use protocol::Dialect;
 pub use window::{DaxWindow, DaxWindowBuilder, Policy, WindowLease};

@@ -327,19 +327,34 @@ const PCI_BAR_MEM_PREFETCH: u32 = 1 << 3;
 /// - A power of two, as every PCI BAR; PCI also aligns a BAR to its size, which exceeds the
 ///   2 MiB the guest needs ([`WINDOW_ALIGNMENT`]) for any window of at least 2 MiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub struct ShmBar {
-    /// BAR index (0 to 5; a 64-bit BAR also takes `index + 1`).
-    pub index: u8,
-    /// BAR size in bytes.
-    pub size: u64,
-    /// Whether the BAR is prefetchable.
-    pub prefetchable: bool,
-    /// Whether the BAR is a 64-bit memory BAR.
-    pub is_64bit: bool,
+    index: u8,
+    size: u64,
+    prefetchable: bool,
+    is_64bit: bool,
 }
 
 impl ShmBar {
+    /// BAR index (0 to 4; a 64-bit BAR also takes `index + 1`).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// BAR size in bytes: the window's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the BAR is prefetchable (always, for a window).
+    pub fn prefetchable(&self) -> bool {
+        self.prefetchable
+    }
+
+    /// Whether the BAR is a 64-bit memory BAR (always, for a window).
+    pub fn is_64bit(&self) -> bool {
+        self.is_64bit
+    }
+
     /// A 64-bit prefetchable BAR at `index`, exactly `window_size` bytes.
     ///
     /// `window_size` must be a power of two of at least [`MIN_SHM_BAR_SIZE`]; `index` must leave

@@ -43,9 +43,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The window's guest address is not 2 MiB aligned, or the device has no such region.
-    #[error("shared memory region {id} at {gpa:#x}: no such region or not 2 MiB aligned")]
-    ShmBase {
+    /// The device has no shared memory region with this id (only region 0, the DAX window,
+    /// when the device has one).
+    #[error("no shared memory region {id}")]
+    NoSuchRegion {
+        /// Region id asked for.
+        id: u8,
+    },
+    /// The window's guest address is not 2 MiB aligned.
+    #[error("shared memory region {id} at {gpa:#x}: not 2 MiB aligned")]
+    ShmMisaligned {
         /// Region id.
         id: u8,
         /// Guest physical address.

@@ -695,11 +695,15 @@ impl Fs {
                 dialect: self.session_cfg.dialect,
             });
         }
-        let bad = Error::ShmBase { id, gpa };
-        if id != VIRTIO_FS_SHMCAP_ID_CACHE || gpa % (2 << 20) != 0 {
-            return Err(bad);
+        if id != VIRTIO_FS_SHMCAP_ID_CACHE {
+            return Err(Error::NoSuchRegion { id });
         }
-        let new = self.region(gpa).ok_or(Error::ShmBase { id, gpa })?;
+        if gpa % transport::WINDOW_ALIGNMENT != 0 {
+            return Err(Error::ShmMisaligned { id, gpa });
+        }
+        let (Some(window), Some(new)) = (self.window.clone(), self.region(gpa)) else {
+            return Err(Error::NoSuchRegion { id });
+        };
         if self.window_gpa == Some(gpa) {
             return Ok(());
         }
@@ -729,10 +733,35 @@ impl Fs {
             if let Some(old) = self.window_gpa {
                 io.remove_window(old);
             }
-            io.add_window(gpa, self.window.clone().ok_or(bad)?)
-                .map_err(Error::Io)?;
+            io.add_window(gpa, window).map_err(Error::Io)?;
         }
         self.window_gpa = Some(gpa);
+        Ok(())
+    }
+
+    /// Takes shared memory region `id` out of the guest physical address space: the window is
+    /// unregistered from the [`MemoryManager`] and the IO space, and [`Fs::shm_regions`] shows it
+    /// unplaced. For a PCI transport whose driver turns memory decoding off (Linux does while it
+    /// sizes or rewrites a 64-bit BAR); [`Fs::set_shm_base`] places it again. The window's
+    /// mappings stay: the guest cannot reach them meanwhile, and finds them again.
+    ///
+    /// A window not placed is not an error. Should the memory manager refuse, this fails with
+    /// [`Error::Memory`] and nothing changes.
+    pub fn clear_shm_base(&mut self, id: u8) -> Result<()> {
+        if id != VIRTIO_FS_SHMCAP_ID_CACHE || self.window.is_none() {
+            return Err(Error::NoSuchRegion { id });
+        }
+        let Some(gpa) = self.window_gpa else {
+            return Ok(());
+        };
+        if let (Some(mm), Some(region)) = (&self.memory, self.region(gpa)) {
+            mm.unregister_window(&region)
+                .map_err(|source| Error::Memory { gpa, source })?;
+        }
+        if let Some(io) = self.active.as_ref().map(|a| &a.io).or(self.io.as_ref()) {
+            io.remove_window(gpa);
+        }
+        self.window_gpa = None;
         Ok(())
     }
 
@@ -872,12 +901,15 @@ mod tests {
         assert!(fs.userspace_mappings().is_empty());
         assert!(matches!(
             fs.set_shm_base(1, 1 << 32),
-            Err(Error::ShmBase { .. })
+            Err(Error::NoSuchRegion { id: 1 })
         ));
         assert!(matches!(
             fs.set_shm_base(0, (1 << 32) + 4096),
-            Err(Error::ShmBase { .. })
+            Err(Error::ShmMisaligned { id: 0, .. })
         ));
+        // Not placed yet: clearing changes nothing.
+        fs.clear_shm_base(0).unwrap();
+        assert!(mm.live().is_empty());
         fs.set_shm_base(0, 1 << 32).unwrap();
         let host = fs.window().unwrap().host_addr();
         let at = |gpa| WindowRegion {
@@ -891,6 +923,23 @@ mod tests {
         fs.set_shm_base(0, 1 << 33).unwrap();
         assert_eq!(mm.live(), vec![at(1 << 33)]);
         assert!(io.remove_window(1 << 32).is_none());
+        // Memory decoding off: the window leaves the guest's address space, then comes back.
+        fs.clear_shm_base(0).unwrap();
+        assert!(mm.live().is_empty());
+        assert_eq!(fs.shm_regions()[0].gpa, None);
+        assert!(fs.userspace_mappings().is_empty());
+        assert!(io.remove_window(1 << 33).is_none(), "still in the IO space");
+        fs.clear_shm_base(0).unwrap();
+        fs.set_shm_base(0, 1 << 33).unwrap();
+        assert_eq!(mm.live(), vec![at(1 << 33)]);
+        assert!(matches!(
+            fs.clear_shm_base(1),
+            Err(Error::NoSuchRegion { id: 1 })
+        ));
+        mm.fail_next();
+        assert!(matches!(fs.clear_shm_base(0), Err(Error::Memory { .. })));
+        assert_eq!(mm.live(), vec![at(1 << 33)]);
+        assert_eq!(fs.shm_regions()[0].gpa, Some(1 << 33));
         // A refusal by the VMM is a typed error and changes nothing: refused unregistration ...
         mm.fail_next();
         assert!(matches!(

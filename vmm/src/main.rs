@@ -628,15 +628,9 @@ fn run(args: Args) -> Result<u8> {
     let mut window_at = WINDOW_BASE;
     let mut pci = pci::PciBus::new(first_vm.clone());
     for (i, f) in args.fs.iter().enumerate() {
-        // On PCI the window's memory slot follows the BAR's memory decoding.
-        let gate =
-            (f.transport == pci::Transport::Pci).then(|| pci::WindowGate::new(memory.clone()));
-        let mm: Arc<dyn MemoryManager> = match &gate {
-            Some(g) => g.clone(),
-            None => memory.clone(),
-        };
+        let on_pci = f.transport == pci::Transport::Pci;
         let mut builder = Fs::builder(f.tag.clone()).window_size(f.window);
-        if gate.is_some() && f.window > 0 {
+        if on_pci && f.window > 0 {
             // The BAR's memory is reserved here, as a device manager reserves device memory,
             // and handed to the device, which takes the region over.
             let region = MmapRegion::<()>::build(
@@ -659,14 +653,14 @@ fn run(args: Args) -> Result<u8> {
             .connect_retry(1, Duration::ZERO)
             // The Linux guest upgrades a read-only range to writable by mapping it again.
             .replace_exact(true)
-            .memory_manager(mm)
+            .memory_manager(memory.clone())
             .build()
             .with_context(|| format!("virtio-fs {}", f.tag))?;
         // Before the guest can see the device: the device decides here whether it offers the
         // window (a backend that cannot serve it, with fallback=disable, gets none).
         connect(&mut fs).with_context(|| format!("connecting to {}", f.socket))?;
-        if let Some(gate) = gate {
-            pci.add_fs(&f.tag, fs, gate, atomic.clone())
+        if on_pci {
+            pci.add_fs(&f.tag, fs, atomic.clone())
                 .with_context(|| format!("virtio-fs {} on PCI", f.tag))?;
             continue;
         }

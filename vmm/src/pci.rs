@@ -43,7 +43,8 @@
 //!
 //! Sizing (writing all ones) only changes what the register reads. The memory-decode bit of the
 //! command register is respected for both BARs: while it is off, the register BAR is not decoded
-//! (no MMIO handling, ioeventfds removed) and the window's KVM memory slot is removed ([`WindowGate`]);
+//! (no MMIO handling, ioeventfds removed) and the window is taken out of the guest's address space (`Fs::clear_shm_base`, which removes
+//! its KVM memory slot);
 //! BAR writes made meanwhile are applied when decoding comes back on (Linux turns decoding off
 //! while it sizes BARs or rewrites a 64-bit BAR). With decoding on, a write is applied at once
 //! (a low half that gives a bad address waits for the high half). A new address must lie inside
@@ -64,7 +65,7 @@
 //! else in the VMM may set routes.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use kvm_bindings::{
@@ -74,7 +75,6 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use virtio_fs_dax::device::{VirtioInterrupt, VirtioInterruptType};
-use virtio_fs_dax::memory::{MemoryManager, WindowRegion};
 use virtio_fs_dax::transport::ShmBar;
 use virtio_fs_dax::Fs;
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -181,78 +181,6 @@ const WINDOW_BAR: u8 = 2;
 const STATUS_DRIVER_OK: u8 = 0x4;
 const STATUS_FEATURES_OK: u8 = 0x8;
 const STATUS_NEEDS_RESET: u8 = 0x40;
-
-/// A memory manager between the crate's `Fs` and the VMM's: it passes the window's memory slot
-/// through while the BAR's memory decoding is on, and takes it out while it is off. The crate
-/// knows nothing of it: it only sees its window registered.
-pub struct WindowGate {
-    inner: Arc<dyn MemoryManager>,
-    state: Mutex<GateState>,
-}
-
-struct GateState {
-    enabled: bool,
-    /// What the device registered.
-    region: Option<WindowRegion>,
-    /// Whether `region` is registered with the VMM's memory manager now.
-    live: bool,
-}
-
-impl WindowGate {
-    /// A gate in front of `inner`, decoding on.
-    pub fn new(inner: Arc<dyn MemoryManager>) -> Arc<WindowGate> {
-        Arc::new(WindowGate {
-            inner,
-            state: Mutex::new(GateState {
-                enabled: true,
-                region: None,
-                live: false,
-            }),
-        })
-    }
-
-    fn set_enabled(&self, on: bool) -> io::Result<()> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.enabled = on;
-        match (on, s.live, s.region) {
-            (true, false, Some(r)) => {
-                self.inner.register_window(&r)?;
-                s.live = true;
-            }
-            (false, true, Some(r)) => {
-                self.inner.unregister_window(&r)?;
-                s.live = false;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
-impl MemoryManager for WindowGate {
-    fn register_window(&self, r: &WindowRegion) -> io::Result<()> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.enabled {
-            self.inner.register_window(r)?;
-            s.live = true;
-        }
-        s.region = Some(*r);
-        Ok(())
-    }
-
-    fn unregister_window(&self, r: &WindowRegion) -> io::Result<()> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.region != Some(*r) {
-            return self.inner.unregister_window(r);
-        }
-        if s.live {
-            self.inner.unregister_window(r)?;
-            s.live = false;
-        }
-        s.region = None;
-        Ok(())
-    }
-}
 
 /// 256 bytes of configuration space: the bytes, which bits the guest may write, and which
 /// read-only bytes take writes silently (status is write-one-to-clear, BIST, ROM BAR, ...).
@@ -497,7 +425,6 @@ struct PciFs {
     tag: String,
     vm: Arc<VmFd>,
     fs: Fs,
-    gate: Arc<WindowGate>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     cfg: ConfigSpace,
     regs: Bar,
@@ -622,8 +549,10 @@ impl PciFs {
             if self.decoding {
                 self.decoding = false;
                 self.set_ioeventfds(None);
-                if let Err(e) = self.gate.set_enabled(false) {
-                    self.wiring(format_args!("removing the window's memory slot: {e}"));
+                if self.window.is_some() {
+                    if let Err(e) = self.fs.clear_shm_base(0) {
+                        self.wiring(format_args!("removing the window's memory slot: {e}"));
+                    }
                 }
             }
             return;
@@ -703,8 +632,10 @@ impl PciFs {
         if !self.decoding {
             self.decoding = true;
             self.set_ioeventfds(Some(self.regs.placed));
-            if let Err(e) = self.gate.set_enabled(true) {
-                self.wiring(format_args!("adding the window's memory slot: {e}"));
+            if let Some(at) = self.window.as_ref().map(|b| b.placed) {
+                if let Err(e) = self.fs.set_shm_base(0, at) {
+                    self.wiring(format_args!("adding the window's memory slot: {e}"));
+                }
             }
         }
     }
@@ -1068,13 +999,12 @@ impl PciBus {
         }
     }
 
-    /// Puts `fs` (built with `gate` as its memory manager) on the bus: assigns its BARs, places
+    /// Puts `fs` on the bus: assigns its BARs, places
     /// its window, wires its kicks. `mem` is guest RAM for activation.
     pub fn add_fs(
         &mut self,
         tag: &str,
         mut fs: Fs,
-        gate: Arc<WindowGate>,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
     ) -> Result<()> {
         if self.devices.len() >= MAX_DEVICES {
@@ -1096,20 +1026,20 @@ impl PciBus {
         if let Some(r) = shm {
             let bar = ShmBar::for_window(WINDOW_BAR, r.len)
                 .with_context(|| format!("the DAX window of {tag} as a PCI BAR"))?;
-            let at = self.next_mmio64.next_multiple_of(bar.size);
+            let at = self.next_mmio64.next_multiple_of(bar.size());
             if at
-                .checked_add(bar.size)
+                .checked_add(bar.size())
                 .is_none_or(|e| e > MMIO64_BASE + MMIO64_SIZE)
             {
                 bail!(
                     "the 64-bit PCI window has no room for a {:#x}-byte window",
-                    bar.size
+                    bar.size()
                 );
             }
             fs.set_shm_base(0, at)
                 .with_context(|| format!("placing the window of {tag}"))?;
-            self.next_mmio64 = at + bar.size;
-            window = Some(Bar::new(WINDOW_BAR, bar.size, bar.bar_flags(), true, at));
+            self.next_mmio64 = at + bar.size();
+            window = Some(Bar::new(WINDOW_BAR, bar.size(), bar.bar_flags(), true, at));
             shm_bar = Some(bar);
         }
 
@@ -1214,7 +1144,6 @@ impl PciBus {
             tag: tag.into(),
             vm: self.vm.clone(),
             fs,
-            gate,
             mem,
             cfg,
             regs: Bar::new(REGS_BAR, REGS_SIZE, 0, false, regs_at),
