@@ -50,12 +50,14 @@ cargo clippy --all-targets --all-features -- "${CLIPPY_FLAGS[@]}"
 (cd peers/dax-backend && cargo clippy --release --locked --all-targets -- "${CLIPPY_FLAGS[@]}")
 
 step "tests"
-cargo test
+# The targets that use `test_utils` (and `tests/mem_rw.rs`) have required-features: a plain
+# `cargo test` would skip them, so both runs name their features.
+cargo test --features test-utils
 cargo test --all-features
 (cd peers/dax-backend && cargo test --release --locked)
 
 step "demo (the README's first command, fewer latency rounds)"
-cargo run --release --example demo -- --rounds 200
+cargo run --release --features test-utils --example demo -- --rounds 200
 
 step "real guest: dax-vmm boots Linux, which mounts with dax=always (KVM directly, or nested in QEMU TCG)"
 (cd vmm && cargo fmt -- --check && cargo clippy --release --locked -- "${CLIPPY_FLAGS[@]}" &&
