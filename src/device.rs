@@ -17,8 +17,9 @@
 //!    offered whatever the backend.
 //! 3. Expose shared memory region 0 ([`VirtioDevice::shm_regions`], empty when there is no
 //!    window) through the transport: a PCI BAR with [`crate::transport::shm_pci_cap`], or the
-//!    MMIO SHM registers ([`crate::transport::MmioShmRegs`]). Allocate its guest address with
-//!    [`crate::transport::window_resource_constraint`], then call [`VirtioDevice::set_shm_base`]:
+//!    MMIO SHM registers ([`crate::transport::MmioShmRegs`]). Allocate its guest address
+//!    ([`crate::transport::WINDOW_ALIGNMENT`] aligned; `transport::window_resource_constraint`
+//!    with feature `vm-device`), then call [`VirtioDevice::set_shm_base`]:
 //!    the device registers the window through the VMM's [`MemoryManager`] (and again on every
 //!    BAR move).
 //! 4. On `DRIVER_OK`, [`VirtioDevice::activate`] with the guest memory, the interrupt and the
