@@ -1046,7 +1046,7 @@ impl VirtioDevice for Fs {
             });
         }
         let bad = Error::ShmBase { id, gpa };
-        if id != VIRTIO_FS_SHMCAP_ID_CACHE || gpa % (2 << 20) != 0 {
+        if id != VIRTIO_FS_SHMCAP_ID_CACHE || !gpa.is_multiple_of(2 << 20) {
             return Err(bad);
         }
         let new = self.region(gpa).ok_or(Error::ShmBase { id, gpa })?;
