@@ -10,8 +10,8 @@
 //! short report.
 //!
 //! ```text
-//! cargo run --release --example demo [-- --shared-dir DIR] [--legacy] [--window-mib N]
-//!                                       [--rounds N] [--backend dax-backend|virtiofsd]
+//! cargo run --release --features test-utils --example demo [-- --shared-dir DIR] [--legacy] [--window-mib N]
+//!                                                            [--rounds N] [--backend dax-backend|virtiofsd]
 //! ```
 //!
 //! The first run builds `peers/dax-backend` (its own workspace) when `$DAX_BACKEND` does not

@@ -2,8 +2,9 @@
 # The whole test suite: installs what it needs when missing, then runs fmt, clippy, tests (every
 # feature combination, and the dax-backend peer's), the demo, a real Linux guest booted by the
 # reference VMM (nested where the host's KVM cannot boot one), Miri on the pure modules (where a
-# toolchain has it), the benches' smoke run, docs, the coverage gate and short fuzz runs. Fails
-# on the first red step.
+# toolchain has it), the benches' smoke run, docs (and the docs.rs build), the MSRV check, the
+# package (publish dry run, and its tests, benches and examples built from the .crate file), the
+# coverage gate and short fuzz runs. Fails on the first red step.
 #
 #   bash scripts/test.sh            # everything
 #   FUZZ_SECONDS=10 bash scripts/test.sh
@@ -24,6 +25,11 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 rustup component list --installed | grep -q '^llvm-tools' || rustup component add llvm-tools
 cargo llvm-cov --version >/dev/null 2>&1 || cargo install cargo-llvm-cov --locked
 cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+# nightly for the docs.rs build (docs.rs documents with nightly and `--cfg docsrs`), and the
+# toolchain of Cargo.toml's rust-version for the MSRV check: minimal profiles.
+rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+MSRV=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+rustup run "$MSRV" rustc --version >/dev/null 2>&1 || rustup toolchain install "$MSRV" --profile minimal
 # virtiofsd, the real backend the device tests run against (tests/virtiofsd.rs finds it here).
 TOOLS=${VIRTIO_FS_DAX_TOOLS:-$HOME/.local/virtio-fs-dax}
 if [ ! -x "$TOOLS/bin/virtiofsd" ]; then
@@ -50,12 +56,14 @@ cargo clippy --all-targets --all-features -- "${CLIPPY_FLAGS[@]}"
 (cd peers/dax-backend && cargo clippy --release --locked --all-targets -- "${CLIPPY_FLAGS[@]}")
 
 step "tests"
-cargo test
+# The targets that use `test_utils` (and `tests/mem_rw.rs`) have required-features: a plain
+# `cargo test` would skip them, so both runs name their features.
+cargo test --features test-utils
 cargo test --all-features
 (cd peers/dax-backend && cargo test --release --locked)
 
 step "demo (the README's first command, fewer latency rounds)"
-cargo run --release --example demo -- --rounds 200
+cargo run --release --features test-utils --example demo -- --rounds 200
 
 step "real guest: dax-vmm boots Linux, which mounts with dax=always (KVM directly, or nested in QEMU TCG)"
 (cd vmm && cargo fmt -- --check && cargo clippy --release --locked -- "${CLIPPY_FLAGS[@]}" &&
@@ -97,6 +105,25 @@ cargo bench --bench main -- --test
 
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+# As docs.rs builds them: nightly, `--cfg docsrs` (each feature-gated item says its feature).
+RUSTDOCFLAGS="--cfg docsrs" cargo +nightly doc --no-deps --all-features --target-dir target/docsrs
+
+step "msrv (rust-version $MSRV: the library, all features, locked dependencies)"
+cargo "+$MSRV" check --locked --all-features --target-dir target/msrv
+
+step "package (publish dry run; the .crate's tests, benches and examples build from it alone)"
+# --allow-dirty: like every other step, this checks the working tree as it is.
+cargo publish --dry-run --locked --allow-dirty
+# The .crate file where it always lands (the dry run has verified it already).
+cargo package --locked --allow-dirty --no-verify
+crate=target/package/virtio-fs-dax-$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1).crate
+unpacked=$(mktemp -d)
+trap 'rm -rf "$unpacked"' EXIT
+tar -xzf "$crate" -C "$unpacked" --strip-components=1
+cp Cargo.lock "$unpacked/"
+(export CARGO_TARGET_DIR="$PWD/target/package-check" && cd "$unpacked" &&
+    cargo test --offline --locked --all-features --no-run &&
+    cargo build --offline --locked --all-features --benches --examples)
 
 step "coverage gate"
 bash scripts/coverage.sh

@@ -121,6 +121,11 @@
 #![warn(missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "virtio-fs-dax supports Linux only (vhost-user, and the DAX window's Linux mmap flags)"
+);
+
 pub mod channel;
 pub mod device;
 pub mod frontend;

@@ -43,6 +43,7 @@ pub trait MemoryManager: Send + Sync {
 }
 
 #[cfg(any(test, feature = "test-utils"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
 pub use fake::FakeMemoryManager;
 
 #[cfg(any(test, feature = "test-utils"))]
@@ -54,6 +55,7 @@ mod fake {
 
     /// A memory manager that records its calls and checks them: no overlapping registrations,
     /// unregistration only of what was registered. `fail_next` makes the next call fail.
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
     #[derive(Debug, Default)]
     pub struct FakeMemoryManager {
         state: Mutex<State>,

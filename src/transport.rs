@@ -14,8 +14,9 @@
 //!   ([`shm_pci_cap`]) that points into a 64-bit prefetchable BAR ([`ShmBar`]).
 //! - **virtio-mmio** (version 2): [`MmioShmRegs`] serves the `SHMSel` / `SHMLen` / `SHMBase`
 //!   registers.
-//! - **Resource allocation**: [`window_resource_constraint`] tells a `vm-device` based allocator
-//!   what guest physical range the window needs.
+//! - **Resource allocation**: the window needs a guest physical range of its size aligned to
+//!   [`WINDOW_ALIGNMENT`]; with feature `vm-device`, `window_resource_constraint` says so to a
+//!   `vm-device` based allocator.
 //!
 //! `virtio-bindings` 0.2 has neither the virtio-fs config nor the PCI `cap64` struct, hence the
 //! definitions here.
@@ -44,6 +45,7 @@
 
 use std::mem::size_of;
 
+#[cfg(feature = "vm-device")]
 use vm_device::resources::ResourceConstraint;
 use vm_memory::{ByteValued, Le32};
 
@@ -527,6 +529,8 @@ impl MmioShmRegs {
 /// ranges. For virtio-pci the window lives in a BAR, and a power-of-two BAR is naturally aligned
 /// to its size by PCI rules: the VMM's BAR allocator enforces that stronger alignment itself.
 /// For virtio-mmio this constraint is the whole story.
+#[cfg(feature = "vm-device")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-device")))]
 pub fn window_resource_constraint(size: u64) -> ResourceConstraint {
     ResourceConstraint::mmio_with_constraints(size, None, WINDOW_ALIGNMENT)
 }
@@ -1014,6 +1018,7 @@ mod tests {
 
     // ---- resource constraint ----
 
+    #[cfg(feature = "vm-device")]
     #[test]
     fn resource_constraint_values() {
         for size in [2 << 20, GIB, 64 * GIB] {

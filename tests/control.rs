@@ -5,7 +5,6 @@
 //! channel thread's name and start hook (seen in /proc), pause and resume with vhost's real
 //! `Backend` sending maps, the counters as (name, value) pairs, and memory hotplug followed by
 //! the in-process backend (read through its own descriptors) and by the dax-backend process.
-#![cfg(feature = "test-utils")]
 
 mod common;
 

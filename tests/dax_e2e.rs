@@ -10,7 +10,6 @@
 //! The backend binary is found through `$DAX_BACKEND`, else
 //! `peers/dax-backend/target/release/dax-backend` (which `scripts/test.sh` builds). Without it
 //! these tests fail and say how to build it.
-#![cfg(feature = "test-utils")]
 
 mod common;
 

@@ -6,7 +6,6 @@
 //! cannot serve the window gets a device without one (`DaxFallback::Disable`) or a connect error
 //! (`DaxFallback::Fail`); a capable one gets the window in both dialects; and a reconnect to a
 //! backend with other capabilities never changes what the guest sees.
-#![cfg(feature = "test-utils")]
 
 mod common;
 

@@ -5,7 +5,6 @@
 //! virtiofsd cannot show: SHMEM offered and negotiated, maps landing in the device's window,
 //! RESET_DEVICE, a backend that disconnects and comes back, the window through the memory
 //! manager, and the snapshot policy.
-#![cfg(feature = "test-utils")]
 
 mod common;
 

@@ -5,7 +5,6 @@
 //! `GuestMemoryMmap<AtomicBitmap>`, Firecracker's `GuestMemoryMmap<Option<AtomicBitmap>>`.
 //! The device activates with it against the in-process backend, and FS_IO stores into guest RAM
 //! show in the bitmap.
-#![cfg(feature = "test-utils")]
 
 mod common;
 

@@ -8,7 +8,6 @@
 //! virtiofsd is found through `$VIRTIOFSD`, then `~/.local/virtio-fs-dax/bin/virtiofsd` (where
 //! `scripts/test.sh` installs it), then `PATH`. Without it the virtiofsd test fails and says how
 //! to get it.
-#![cfg(feature = "test-utils")]
 
 mod common;
 

@@ -7,7 +7,6 @@
 //!
 //! The backend binary is found through `$DAX_BACKEND`, else
 //! `peers/dax-backend/target/release/dax-backend`.
-#![cfg(feature = "test-utils")]
 
 mod common;
 

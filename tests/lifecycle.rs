@@ -13,7 +13,6 @@
 //! - a channel that fails drops its mappings in `handle_one` mode too;
 //! - the window bounds its live mappings and its granule;
 //! - cleanup works at the process's map limit, in a child process driven to that limit.
-#![cfg(feature = "test-utils")]
 
 mod common;
 

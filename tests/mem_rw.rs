@@ -2,7 +2,6 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Proposed MEM_READ / MEM_WRITE (feature `mem-rw`), over guest RAM and a DAX window.
-#![cfg(feature = "mem-rw")]
 
 mod common;
 

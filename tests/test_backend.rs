@@ -2,7 +2,6 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The in-process vhost-user backend of `test_utils`, driven by vhost 0.18's `Frontend`.
-#![cfg(feature = "test-utils")]
 
 use std::fs::File;
 use std::io::Write;

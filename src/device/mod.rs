@@ -19,8 +19,9 @@
 //!    offered whatever the backend.
 //! 3. Expose shared memory region 0 ([`Fs::shm_regions`], empty when there is no
 //!    window) through the transport: a PCI BAR with [`crate::transport::shm_pci_cap`], or the
-//!    MMIO SHM registers ([`crate::transport::MmioShmRegs`]). Allocate its guest address with
-//!    [`crate::transport::window_resource_constraint`], then call [`Fs::set_shm_base`]:
+//!    MMIO SHM registers ([`crate::transport::MmioShmRegs`]). Allocate its guest address
+//!    ([`crate::transport::WINDOW_ALIGNMENT`] aligned; `transport::window_resource_constraint`
+//!    with feature `vm-device`), then call [`Fs::set_shm_base`]:
 //!    the device registers the window through the VMM's [`MemoryManager`] (and again on every
 //!    BAR move). A VMM that makes the memory slot itself (cloud-hypervisor's device manager)
 //!    builds the device without a memory manager and only tells it where the window is.
@@ -698,7 +699,7 @@ impl Fs {
         if id != VIRTIO_FS_SHMCAP_ID_CACHE {
             return Err(Error::NoSuchRegion { id });
         }
-        if gpa % transport::WINDOW_ALIGNMENT != 0 {
+        if !gpa.is_multiple_of(transport::WINDOW_ALIGNMENT) {
             return Err(Error::ShmMisaligned { id, gpa });
         }
         let (Some(window), Some(new)) = (self.window.clone(), self.region(gpa)) else {

@@ -141,7 +141,7 @@ pub struct TestBackendConfig {
 impl Default for TestBackendConfig {
     fn default() -> Self {
         TestBackendConfig {
-            features: (1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1)
+            features: crate::frontend::VIRTIO_F_VERSION_1
                 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
             protocol_features: VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK

@@ -187,7 +187,7 @@ impl Reservation {
                 expected: size as u64,
             });
         }
-        if region.addr % page_size() != 0 {
+        if !region.addr.is_multiple_of(page_size()) {
             return refuse(RegionRefusal::Misaligned);
         }
         if region.file_backed {

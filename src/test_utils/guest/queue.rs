@@ -66,7 +66,7 @@ impl SplitQueueDriver {
                 "size is not a power of two of at most 32768",
             ));
         }
-        if base.0 % 16 != 0 {
+        if !base.0.is_multiple_of(16) {
             return Err(GuestError::BadQueue("base is not 16-byte aligned"));
         }
         let (desc, avail, used) = Self::layout(base, size);
