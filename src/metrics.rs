@@ -14,6 +14,7 @@
 //! | `mapped_bytes` | bytes mapped in the window now (gauge) |
 //! | `requests` | messages received on the backend channel, refused ones included |
 //! | `sessions_without_dax` | sessions started without DAX while the guest sees the window (`DaxFallback::Disable`): it stays empty |
+//! | `driver_mistakes` | the guest driver's misuse of the device: writes to the read-only configuration space, acks of features not offered (logged the first few times only) |
 //! | `refusals_<reason>` | messages refused, by [`Refusal`] reason ([`FsMetrics::refusals`]) |
 //! | `map_latency_count` | map requests timed in `map_latency()`: the time from a map request's arrival to its reply ([`LatencyHistogram`]) |
 //!
@@ -172,6 +173,7 @@ pub struct FsMetrics {
     pub(crate) mapped_bytes: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) sessions_without_dax: AtomicU64,
+    pub(crate) driver_mistakes: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
     map_latency: LatencyHistogram,
 }
@@ -219,6 +221,11 @@ impl FsMetrics {
     pub fn sessions_without_dax(&self) -> u64 {
         self.sessions_without_dax.load(Relaxed)
     }
+    /// The guest driver's misuse of the device: writes to the read-only configuration space,
+    /// acks of features not offered.
+    pub fn driver_mistakes(&self) -> u64 {
+        self.driver_mistakes.load(Relaxed)
+    }
     /// Refusals for `reason`.
     pub fn refusals(&self, reason: Refusal) -> u64 {
         self.refusals[reason as usize].load(Relaxed)
@@ -246,6 +253,7 @@ impl FsMetrics {
             ("mapped_bytes", self.mapped_bytes()),
             ("requests", self.requests()),
             ("sessions_without_dax", self.sessions_without_dax()),
+            ("driver_mistakes", self.driver_mistakes()),
             ("map_latency_count", self.map_latency.count()),
         ];
         out.extend(
@@ -376,7 +384,7 @@ mod tests {
         let names: Vec<&str> = m.counters().iter().map(|(n, _)| *n).collect();
         let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
-        assert_eq!(names.len(), 10 + Refusal::ALL.len());
+        assert_eq!(names.len(), 11 + Refusal::ALL.len());
         for n in &names {
             assert!(
                 n.chars()

@@ -156,6 +156,8 @@ pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Largest queue size (split virtqueue).
 pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// How many driver mistakes a device logs before it only counts them.
+const LOGGED_DRIVER_MISTAKES: u64 = 8;
 /// Most request queues a device may have.
 pub const MAX_REQUEST_QUEUES: u32 = 64;
 
@@ -579,16 +581,31 @@ impl Fs {
     }
 
     /// Records the features the driver acked; only offered ones are kept.
+    /// An unoffered bit is a driver mistake: counted ([`FsMetrics::driver_mistakes`]) and logged
+    /// the first few times.
     pub fn ack_features(&mut self, value: u64) {
         let offered = self.features();
         if value & !offered != 0 {
-            log::warn!(
-                "{}: driver acked unoffered features {:#x}",
-                self.session_cfg.name,
+            self.driver_mistake(format_args!(
+                "driver acked unoffered features {:#x}",
                 value & !offered
-            );
+            ));
         }
         self.acked_features |= value & offered;
+    }
+
+    /// Counts a mistake of the guest's driver, and logs the first [`LOGGED_DRIVER_MISTAKES`]: a
+    /// guest must not be able to flood the VMM's log.
+    fn driver_mistake(&self, what: std::fmt::Arguments<'_>) {
+        let n = self.metrics.driver_mistakes.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= LOGGED_DRIVER_MISTAKES {
+            let more = if n == LOGGED_DRIVER_MISTAKES {
+                " (further driver mistakes are only counted)"
+            } else {
+                ""
+            };
+            log::warn!("{}: {what}{more}", self.session_cfg.name);
+        }
     }
 
     /// Reads the device configuration space (tag, request queue count); bytes outside it read
@@ -599,12 +616,14 @@ impl Fs {
 
     /// Writes the device configuration space: virtio-fs has nothing writable, so this logs and
     /// changes nothing.
+    ///
+    /// Such a write is a driver mistake: counted ([`FsMetrics::driver_mistakes`]) and logged the
+    /// first few times.
     pub fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
-            "{}: guest wrote {} bytes of read-only config at {offset:#x}",
-            self.session_cfg.name,
+        self.driver_mistake(format_args!(
+            "guest wrote {} bytes of read-only config at {offset:#x}",
             data.len()
-        );
+        ));
     }
 
     /// Activates the device on `DRIVER_OK`: starts the vhost-user session with the guest memory,
@@ -863,9 +882,16 @@ mod tests {
         let mut past = [0xffu8; 4];
         fs.read_config(u64::MAX - 1, &mut past);
         assert_eq!(past, [0; 4]);
+        assert_eq!(fs.metrics().driver_mistakes(), 1, "the unoffered ack");
         fs.write_config(0, b"evil");
         fs.read_config(0, &mut past);
         assert_eq!(&past, b"myfs");
+        // Every mistake is counted, however many (only the first few are logged).
+        for _ in 0..100 {
+            fs.write_config(4, b"x");
+        }
+        assert_eq!(fs.metrics().driver_mistakes(), 102);
+        assert!(fs.counters().contains(&("driver_mistakes", 102)));
         // Activation needs the backend; with none, a typed error and no activation.
         let queues = Vec::new();
         let mem =
