@@ -36,7 +36,7 @@
 //! // PCI: a 1 GiB window is all of BAR 2, described by one shared memory capability.
 //! let bar = ShmBar::for_window(2, 1 << 30)?;
 //! assert_eq!(bar.bar_flags(), 0b1100); // memory, 64-bit, prefetchable
-//! let cap = shm_pci_cap(bar.index, 0, bar.size);
+//! let cap = shm_pci_cap(bar.index(), 0, bar.size());
 //! assert_eq!(cap.as_slice().len(), 24);
 //! # Ok(())
 //! # }
