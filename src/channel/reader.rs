@@ -1,0 +1,218 @@
+// Copyright 2026 The virtio-fs-dax Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The message reassembly: descriptor intake, then header, body and descriptors kept across
+//! calls until a message is whole.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use vm_memory::ByteValued;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use super::{BackendChannel, Error, Result};
+use crate::protocol::{RawHeader, HEADER_SIZE, MAX_BODY_SIZE, MAX_FDS};
+
+/// Most bytes of an oversized body drained in one [`BackendChannel::handle_one`] call.
+pub const DRAIN_BUDGET: usize = 256 << 10;
+
+/// Most descriptors kept for one message; no request needs more than one. Further ones are
+/// closed as they arrive and only counted, so a peer that spreads a message over many parts,
+/// each with descriptors, cannot make the channel hold more than this.
+const KEPT_FDS: usize = 4;
+
+/// The descriptors received with one message: the first [`KEPT_FDS`] owned, the rest counted.
+#[derive(Default)]
+pub(super) struct Fds {
+    pub(super) kept: Vec<File>,
+    dropped: usize,
+}
+
+impl Fds {
+    fn take(&mut self, file: File) {
+        if self.kept.len() < KEPT_FDS {
+            self.kept.push(file);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    pub(super) fn count(&self) -> usize {
+        self.kept.len() + self.dropped
+    }
+}
+
+/// A received message: raw header, body (empty when it was oversized and drained), and the
+/// descriptors that came along.
+pub(super) struct Message {
+    pub(super) raw: RawHeader,
+    pub(super) body: Vec<u8>,
+    pub(super) fds: Fds,
+}
+
+/// Where the reassembly of the message in progress stands.
+#[derive(Default)]
+enum Stage {
+    /// Reading the header; `got` bytes of it so far.
+    #[default]
+    Header,
+    /// Reading a body that fits the limit into `body`; `got` bytes so far.
+    Body,
+    /// Draining an oversized body; `left` bytes to go.
+    Drain { left: usize },
+}
+
+/// The message in progress, kept across calls so that no call waits for the rest of it.
+#[derive(Default)]
+pub(super) struct Reader {
+    stage: Stage,
+    hdr: [u8; HEADER_SIZE],
+    raw: RawHeader,
+    got: usize,
+    pub(super) body: Vec<u8>,
+    sink: Vec<u8>,
+    fds: Fds,
+}
+
+/// What one receive gave.
+enum Recv {
+    Bytes(usize),
+    WouldBlock,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("got", &self.got)
+            .field("fds", &self.fds.count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// Whether the stream stands between two messages.
+    fn idle(&self) -> bool {
+        matches!(self.stage, Stage::Header) && self.got == 0 && self.fds.count() == 0
+    }
+
+    /// The finished message; the reader starts on the next one.
+    fn finish(&mut self) -> Message {
+        let msg = Message {
+            raw: self.raw,
+            body: std::mem::take(&mut self.body),
+            fds: std::mem::take(&mut self.fds),
+        };
+        self.stage = Stage::Header;
+        self.got = 0;
+        msg
+    }
+}
+
+impl BackendChannel {
+    /// Receives into `buf` without blocking, taking ownership of the descriptors that came along.
+    fn recv_part(sock: &UnixStream, buf: &mut [u8], fds: &mut Fds) -> Result<Recv> {
+        let mut raw = [-1 as RawFd; MAX_FDS];
+        let mut iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        loop {
+            // SAFETY: the iovec points at `buf`, an exclusive borrow of `buf.len()` bytes that may
+            // hold any bytes.
+            let res = unsafe { sock.recv_with_fds(&mut iov, &mut raw) };
+            match res {
+                Ok((n, nfds)) => {
+                    for &fd in raw.iter().take(nfds) {
+                        // SAFETY: recvmsg installed `nfds` new descriptors in our table for us
+                        // alone; each is wrapped exactly once, so it is closed exactly once.
+                        fds.take(unsafe { File::from_raw_fd(fd) });
+                    }
+                    return Ok(Recv::Bytes(n));
+                }
+                Err(e) if e.errno() == libc::EINTR => continue,
+                Err(e) if e.errno() == libc::EAGAIN => return Ok(Recv::WouldBlock),
+                // The backend closed its end with replies unread: an end of stream like any.
+                Err(e) if e.errno() == libc::ECONNRESET => return Ok(Recv::Bytes(0)),
+                Err(e) => return Err(Error::Recv(io::Error::from_raw_os_error(e.errno()))),
+            }
+        }
+    }
+
+    /// Advances the message in progress with what the socket holds now. `Ok(None)`: not whole
+    /// yet (or the drain budget is spent); call again when the socket is readable.
+    pub(super) fn poll_message(&mut self) -> Result<Option<Message>> {
+        self.ensure_nonblocking()?;
+        let r = &mut self.reader;
+        let mut drained = 0;
+        loop {
+            let (buf, expected): (&mut [u8], usize) = match r.stage {
+                Stage::Header => (&mut r.hdr[r.got..], HEADER_SIZE),
+                Stage::Body => {
+                    let len = r.body.len();
+                    (&mut r.body[r.got..], len)
+                }
+                Stage::Drain { left } => {
+                    if drained >= DRAIN_BUDGET {
+                        return Ok(None);
+                    }
+                    if r.sink.is_empty() {
+                        r.sink.resize(64 << 10, 0);
+                    }
+                    let chunk = left.min(r.sink.len()).min(DRAIN_BUDGET - drained);
+                    (&mut r.sink[..chunk], r.raw.size as usize)
+                }
+            };
+            let n = match Self::recv_part(&self.sock, buf, &mut r.fds)? {
+                Recv::WouldBlock => return Ok(None),
+                Recv::Bytes(0) => {
+                    return Err(if r.idle() {
+                        Error::Disconnected
+                    } else {
+                        Error::Truncated {
+                            got: r.got,
+                            expected,
+                        }
+                    })
+                }
+                Recv::Bytes(n) => n,
+            };
+            match &mut r.stage {
+                Stage::Header => {
+                    r.got += n;
+                    if r.got < HEADER_SIZE {
+                        continue;
+                    }
+                    r.raw = RawHeader::from_slice(&r.hdr).copied().unwrap_or_default();
+                    let size = r.raw.size as usize;
+                    r.got = 0;
+                    if size > MAX_BODY_SIZE {
+                        r.stage = Stage::Drain { left: size };
+                    } else if size > 0 {
+                        r.body.clear();
+                        r.body.resize(size, 0);
+                        r.stage = Stage::Body;
+                    } else {
+                        return Ok(Some(r.finish()));
+                    }
+                }
+                Stage::Body => {
+                    r.got += n;
+                    if r.got == r.body.len() {
+                        return Ok(Some(r.finish()));
+                    }
+                }
+                Stage::Drain { left } => {
+                    *left -= n;
+                    r.got += n;
+                    drained += n;
+                    if *left == 0 {
+                        r.body.clear();
+                        return Ok(Some(r.finish()));
+                    }
+                }
+            }
+        }
+    }
+}
