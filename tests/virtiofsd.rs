@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 
 use common::*;
@@ -202,4 +203,62 @@ fn dax_required_fails_against_virtiofsd() {
         format!("{:?}", err).contains("DaxUnsupported"),
         "a clear error when DAX is required: {err:?}"
     );
+}
+
+/// A driver that activates with a ring outside guest RAM gets a typed error, and the backend
+/// stays connected: virtiofsd serves one session and exits when its connection closes, so
+/// before this check a guest's bad ring address cost the device its backend. The driver's next
+/// activation, with good rings, is served by the same virtiofsd process.
+#[test]
+fn a_bad_ring_address_keeps_virtiofsd_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let socket = dir.path().join("vfs.sock");
+    let mut daemon = start_virtiofsd(&socket, &shared);
+    let mut fs = Fs::builder("myfs")
+        .socket_path(&socket)
+        .queue_size(256)
+        .build()
+        .unwrap();
+    fs.connect().unwrap();
+    fs.ack_features(fs.features());
+    let mem = GuestMemoryAtomic::new(guest_memory(64 << 20));
+    let irq = Arc::new(CountingInterrupt::default());
+
+    let mut queues = activate_queues(2, 256);
+    let outside = 1u64 << 40;
+    let ring = &mut queues[1].queue;
+    ring.set_ready(false);
+    ring.try_set_desc_table_address(vm_memory::GuestAddress(outside))
+        .unwrap();
+    ring.set_ready(true);
+    match fs.activate(mem.clone(), irq.clone(), queues) {
+        Err(Error::Session(frontend::Error::QueueAddress { index: 1, gpa })) => {
+            assert_eq!(gpa, outside)
+        }
+        other => panic!("a typed error for the bad ring: {other:?}"),
+    }
+    assert!(fs.session().is_none());
+    // A ring that starts inside RAM and runs past its end is refused too.
+    let mut queues = activate_queues(2, 256);
+    let edge = (64 << 20) - 16 * 128;
+    let ring = &mut queues[0].queue;
+    ring.set_ready(false);
+    ring.try_set_desc_table_address(vm_memory::GuestAddress(edge))
+        .unwrap();
+    ring.set_ready(true);
+    match fs.activate(mem.clone(), irq.clone(), queues) {
+        Err(Error::Session(frontend::Error::QueueAddress { index: 0, gpa })) => {
+            assert_eq!(gpa, edge)
+        }
+        other => panic!("a typed error for the ring past the end of RAM: {other:?}"),
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(daemon.is_running(), "virtiofsd lost its connection");
+
+    fs.activate(mem, irq, activate_queues(2, 256))
+        .expect("the same virtiofsd serves the next activation");
+    assert!(fs.session().is_some());
+    fs.reset();
 }

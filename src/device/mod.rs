@@ -1,8 +1,8 @@
 // Copyright 2026 The virtio-fs-dax Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The virtio-fs device: [`Fs`], a [`Fs`] whose queues are served by a vhost-user
-//! backend and whose DAX window is this crate's [`DaxWindow`].
+//! The virtio-fs device: [`Fs`], whose queues are served by a vhost-user backend and whose DAX
+//! window is this crate's [`DaxWindow`].
 //!
 //! # Wiring it into a VMM
 //!
@@ -45,7 +45,14 @@
 //! `GuestMemoryMmap<Option<AtomicBitmap>>`: wrap it in `GuestMemoryAtomic::new`). In all three of
 //! cloud-hypervisor's, Firecracker's and crosvm's traits `ack_features` and `write_config`
 //! return nothing, and so do these: an unoffered feature or a write to the read-only
-//! configuration is the guest's doing, which the device logs and ignores.
+//! configuration is the guest's doing, which the device counts
+//! ([`FsMetrics::driver_mistakes`]), logs the first few times, and ignores.
+//!
+//! A transport whose driver turns the BAR's memory decoding off takes the window out of the
+//! guest's address space with [`Fs::clear_shm_base`] and puts it back with [`Fs::set_shm_base`].
+//! For snapshot and migration, [`Fs::pause`] and [`Fs::resume`]; for the VMM's metrics,
+//! [`Fs::counters`]; for memory hotplug, [`Fs::add_memory_region`] and
+//! [`Fs::remove_memory_region`].
 //!
 //! # Example
 //!
@@ -167,6 +174,10 @@ trait ActiveMemory: Send + Sync {
     /// Where the backend resumes `queue`: its used ring's index.
     fn used_idx(&self, queue: &Queue) -> Option<u16>;
 
+    /// Checks the memory and the rings before a session is started
+    /// ([`frontend::check_guest_input`]).
+    fn check(&self, vrings: &[VringSetup<'_>]) -> frontend::Result<()>;
+
     /// Starts a session over this memory ([`Session::start`]).
     fn start_session(
         &self,
@@ -185,6 +196,10 @@ impl<B: Bitmap + Send + Sync + 'static> ActiveMemory for GuestMemoryAtomic<Guest
             .used_idx(&*self.memory(), Ordering::Acquire)
             .ok()
             .map(|w| w.0)
+    }
+
+    fn check(&self, vrings: &[VringSetup<'_>]) -> frontend::Result<()> {
+        frontend::check_guest_input(&self.memory(), vrings)
     }
 
     fn start_session(
@@ -458,11 +473,6 @@ impl Fs {
 
     fn start_session(&mut self, from_used_ring: bool) -> Result<()> {
         let active = self.active.as_ref().ok_or(Error::NotActivated)?;
-        let conn = match self.conn.take() {
-            Some(c) => c,
-            None => Connection::open(&self.session_cfg, self.queue_sizes.len() as u64)
-                .map_err(Error::Session)?,
-        };
         let vrings: Vec<VringSetup<'_>> = active
             .queues
             .iter()
@@ -484,6 +494,14 @@ impl Fs {
                 call: &q.call,
             })
             .collect();
+        // A bad ring address (the guest's) fails here, before the connection is handed over: the
+        // backend stays connected for the next activation.
+        active.mem.check(&vrings).map_err(Error::Session)?;
+        let conn = match self.conn.take() {
+            Some(c) => c,
+            None => Connection::open(&self.session_cfg, self.queue_sizes.len() as u64)
+                .map_err(Error::Session)?,
+        };
         let session = active.mem.start_session(
             conn,
             &self.session_cfg,

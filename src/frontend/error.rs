@@ -77,8 +77,9 @@ pub enum Error {
     /// `SET_MEM_TABLE` failed.
     #[error("SET_MEM_TABLE failed")]
     SetMemTable(#[source] vhost::Error),
-    /// A queue address is not in guest memory.
-    #[error("queue {index}: address {gpa:#x} is not in guest memory")]
+    /// A queue's ring (descriptor table, available or used ring, starting at `gpa`) is not
+    /// wholly in guest memory.
+    #[error("queue {index}: the ring at {gpa:#x} is not wholly in guest memory")]
     QueueAddress {
         /// Queue index.
         index: usize,

@@ -36,7 +36,7 @@ mod session;
 
 pub use connection::{dax_protocol_features, wanted_protocol_features, Connection};
 pub use error::{Error, Result};
-pub use session::{mem_table, Session};
+pub use session::{check_guest_input, mem_table, Session};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -93,6 +93,9 @@ impl Session {
         window: Option<&Arc<DaxWindow>>,
         io: &Arc<IoSpace>,
     ) -> Result<Session> {
+        // What the guest and the VMM gave (ring addresses, file-backed memory) is checked before
+        // anything is sent: a driver's bad ring address must not cost the backend its session.
+        check_guest_input(mem, vrings)?;
         let Connection {
             mut frontend,
             backend_features,
@@ -426,6 +429,38 @@ fn reset_device_within(frontend: &Frontend, timeout: Duration) -> Result<()> {
             vhost::vhost_user::Error::SocketError(e),
         )),
     })
+}
+
+/// Checks, without sending anything, what [`Session::start`] takes from the VMM and the guest:
+/// guest memory that vhost-user can share (file backed), and every ring wholly inside it. A device
+/// calls it before it hands over its connection, so that a guest's bad ring address fails the
+/// activation and keeps the backend connected (a single-session backend such as virtiofsd exits
+/// when its connection closes).
+pub fn check_guest_input<B: Bitmap>(
+    mem: &GuestMemoryMmap<B>,
+    vrings: &[VringSetup<'_>],
+) -> Result<()> {
+    mem_table(mem)?;
+    for v in vrings {
+        let n = u64::from(v.size);
+        // Descriptor table, available ring and used ring, each whole (split virtqueue layout,
+        // event index words included).
+        for (gpa, len) in [
+            (v.desc_table, 16 * n),
+            (v.avail_ring, 6 + 2 * n),
+            (v.used_ring, 6 + 8 * n),
+        ] {
+            let whole = usize::try_from(len)
+                .is_ok_and(|len| mem.check_range(vm_memory::GuestAddress(gpa), len));
+            if !whole {
+                return Err(Error::QueueAddress {
+                    index: v.index,
+                    gpa,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn setup_vring<B: Bitmap>(

@@ -377,6 +377,11 @@ impl PeerProcess {
         PeerProcess(child)
     }
 
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
     /// kill -9, and checks that the signal is what ended it.
     pub fn kill9(&mut self) {
         // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
