@@ -27,7 +27,7 @@ use virtio_fs_dax::channel::{self, ThreadHook, DEFAULT_STOP_TIMEOUT};
 use virtio_fs_dax::device::Error;
 use virtio_fs_dax::frontend;
 use virtio_fs_dax::test_utils::{FakeMemoryManager, TestBackendConfig, TestBackendServer};
-use virtio_fs_dax::{BackendChannel, DaxWindow, Fs, Refusal};
+use virtio_fs_dax::{BackendChannel, ChannelThread, DaxWindow, Fs, Refusal};
 
 const WIN_GPA: u64 = 1 << 34;
 const T: Duration = Duration::from_secs(5);
@@ -64,6 +64,20 @@ fn backend_pair() -> (UnixStream, Backend) {
 }
 
 /// Waits (bounded) until `sock` has bytes to read.
+/// A channel thread over an 8 MiB window, started paused or not, and vhost's `Backend` on the
+/// other end.
+fn spawned(paused: bool) -> (Arc<DaxWindow>, Backend, ChannelThread) {
+    let window = Arc::new(DaxWindow::new(8 * MIB).unwrap());
+    let (ours, backend) = backend_pair();
+    let t = BackendChannel::builder(ours)
+        .window(window.clone())
+        .start_paused(paused)
+        .build()
+        .spawn()
+        .unwrap();
+    (window, backend, t)
+}
+
 fn wait_readable(sock: &UnixStream) {
     let mut pfd = libc::pollfd {
         fd: sock.as_raw_fd(),
@@ -161,13 +175,7 @@ fn failing_start_hook_fails_spawn_and_leaves_nothing_open() {
 #[test]
 fn pause_keeps_maps_in_the_socket_until_resume() {
     let _g = serial();
-    let window = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (ours, backend) = backend_pair();
-    let t = BackendChannel::builder(ours)
-        .window(window.clone())
-        .build()
-        .spawn()
-        .unwrap();
+    let (window, backend, t) = spawned(false);
     let (file, _) = memfd(4 * MIB, |p| p as u8);
     backend.shmem_map(&shmem_range(0, 2 * MIB), &file).unwrap();
     assert_eq!(window.metrics().live_mappings(), 1);
@@ -216,13 +224,7 @@ fn pause_keeps_maps_in_the_socket_until_resume() {
 #[test]
 fn backend_gone_while_paused_is_handled_at_resume() {
     let _g = serial();
-    let window = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (ours, backend) = backend_pair();
-    let t = BackendChannel::builder(ours)
-        .window(window.clone())
-        .build()
-        .spawn()
-        .unwrap();
+    let (window, backend, t) = spawned(false);
     let (file, _) = memfd(2 * MIB, |_| 1);
     backend.shmem_map(&shmem_range(0, 2 * MIB), &file).unwrap();
     t.pause().unwrap();
@@ -240,14 +242,7 @@ fn backend_gone_while_paused_is_handled_at_resume() {
 #[test]
 fn channel_started_paused_serves_nothing_until_resume() {
     let _g = serial();
-    let window = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (ours, backend) = backend_pair();
-    let t = BackendChannel::builder(ours)
-        .window(window.clone())
-        .start_paused(true)
-        .build()
-        .spawn()
-        .unwrap();
+    let (window, backend, t) = spawned(true);
     assert!(t.is_paused(), "parked before spawn returned");
     let (file, _) = memfd(2 * MIB, |_| 1);
     // A clone: the backend stays connected after the map (its last clone closing would end the
@@ -269,13 +264,7 @@ fn channel_started_paused_serves_nothing_until_resume() {
 #[test]
 fn counters_name_every_counter_once_and_follow_requests() {
     let _g = serial();
-    let window = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (ours, backend) = backend_pair();
-    let t = BackendChannel::builder(ours)
-        .window(window.clone())
-        .build()
-        .spawn()
-        .unwrap();
+    let (window, backend, t) = spawned(false);
     let m = window.metrics().clone();
     let list = m.counters();
     let names: HashMap<&str, u64> = list.iter().copied().collect();
