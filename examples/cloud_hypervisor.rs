@@ -12,11 +12,11 @@
 //! the way cloud-hypervisor does (an anonymous `PROT_NONE` `MmapRegion<AtomicBitmap>`, a memory
 //! slot over it), hands it to the device, reads the device through the trait, activates it with
 //! `GuestMemoryMmap<AtomicBitmap>` against the crate's in-process vhost-user backend (feature
-//! `test-utils`, which the dev-dependencies turn on), lets the backend map a file, resets, moves
-//! the region, and drops in cloud-hypervisor's order.
+//! `test-utils`), lets the backend map a file, pauses and resumes, resets, moves the region, and
+//! drops in cloud-hypervisor's order.
 //!
 //! ```text
-//! cargo run --example cloud_hypervisor
+//! cargo run --features test-utils --example cloud_hypervisor
 //! ```
 
 use std::collections::HashMap;
