@@ -14,11 +14,11 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{perms_at, PeerProcess, MIB};
+use common::{perms_at, start_dax_backend, MIB};
 use virtio_fs_dax::test_utils::guest::fuse::FUSE_ROOT_ID;
 use virtio_fs_dax::test_utils::{guest_read, guest_write, FuseSession};
 use virtio_fs_dax::{Dialect, Fs};
@@ -26,34 +26,6 @@ use vm_memory::GuestMemoryAtomic;
 
 const WIN_GPA: u64 = 1 << 34;
 const WINDOW: u64 = 64 * MIB;
-
-fn dax_backend() -> PathBuf {
-    let built =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/dax-backend/target/release/dax-backend");
-    let path = std::env::var_os("DAX_BACKEND")
-        .map(PathBuf::from)
-        .unwrap_or(built);
-    assert!(
-        path.is_file(),
-        "dax-backend not found at {}: run scripts/test.sh, which builds it, or \
-         `cd peers/dax-backend && cargo build --release`, or set $DAX_BACKEND",
-        path.display()
-    );
-    path
-}
-
-fn start_backend(socket: &Path, shared: &Path, legacy: bool) -> PeerProcess {
-    let mut args = vec![
-        "--socket-path".as_ref(),
-        socket.as_os_str(),
-        "--shared-dir".as_ref(),
-        shared.as_os_str(),
-    ];
-    if legacy {
-        args.push("--legacy".as_ref());
-    }
-    PeerProcess::start(&dax_backend(), &args, socket)
-}
 
 /// A 6 MiB file whose every 4 KiB page holds its page number's low byte.
 fn sample(shared: &Path) -> Vec<u8> {
@@ -92,7 +64,7 @@ fn run(dialect: Dialect) {
     std::fs::create_dir(&shared).unwrap();
     let data = sample(&shared);
     let socket = dir.path().join("dax.sock");
-    let mut backend = start_backend(&socket, &shared, dialect == Dialect::Legacy);
+    let mut backend = start_dax_backend(&socket, &shared, dialect == Dialect::Legacy);
 
     let (mut fs, mut s) = device(&socket, WINDOW, dialect);
     let window = fs.window().unwrap().clone();
@@ -222,7 +194,7 @@ fn run(dialect: Dialect) {
 
     // A restarted backend serves again: reconnect, a new FUSE session over the same queues, and
     // a fresh mapping of the file.
-    let _backend = start_backend(&socket, &shared, dialect == Dialect::Legacy);
+    let _backend = start_dax_backend(&socket, &shared, dialect == Dialect::Legacy);
     fs.reconnect().expect("reconnect to the restarted backend");
     assert!(
         fs.session().unwrap().negotiated().dax,
@@ -254,7 +226,7 @@ fn reclaim(dialect: Dialect) {
         .collect();
     std::fs::write(shared.join("big.bin"), &data).unwrap();
     let socket = dir.path().join("dax.sock");
-    let _backend = start_backend(&socket, &shared, dialect == Dialect::Legacy);
+    let _backend = start_dax_backend(&socket, &shared, dialect == Dialect::Legacy);
     let slots = 2;
     let (fs, mut s) = device(&socket, slots * 2 * MIB, dialect);
     let window = fs.window().unwrap().clone();
@@ -350,7 +322,7 @@ fn window_decided_at_connect() {
         std::fs::create_dir(&shared).unwrap();
         std::fs::write(shared.join("hello"), b"hello").unwrap();
         let socket = dir.path().join("dax.sock");
-        let _backend = start_backend(&socket, &shared, legacy_backend);
+        let _backend = start_dax_backend(&socket, &shared, legacy_backend);
         let mut fs = Fs::builder("dax")
             .socket_path(&socket)
             .window_size(WINDOW)
@@ -413,7 +385,7 @@ fn new_driver_after_reset(same_eventfds: bool) {
         std::fs::create_dir(&shared).unwrap();
         std::fs::write(shared.join("hello"), b"hello").unwrap();
         let socket = dir.path().join("dax.sock");
-        let _backend = start_backend(&socket, &shared, legacy);
+        let _backend = start_dax_backend(&socket, &shared, legacy);
         let (mut fs, mut s) = device(&socket, WINDOW, dialect);
         for round in 0..2 {
             if round > 0 {

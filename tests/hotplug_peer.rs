@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestRegionMmap};
@@ -22,21 +21,6 @@ use virtio_fs_dax::Fs;
 const FUSE_ROOT_ID: u64 = 1;
 const HOT: u64 = 1 << 30;
 
-fn dax_backend() -> PathBuf {
-    let built =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/dax-backend/target/release/dax-backend");
-    let path = std::env::var_os("DAX_BACKEND")
-        .map(PathBuf::from)
-        .unwrap_or(built);
-    assert!(
-        path.is_file(),
-        "dax-backend not found at {}: `cd peers/dax-backend && cargo build --release`, or set \
-         $DAX_BACKEND",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn dax_backend_serves_buffers_in_hotplugged_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,16 +29,7 @@ fn dax_backend_serves_buffers_in_hotplugged_memory() {
     let data: Vec<u8> = (0..256 * 1024).map(|i| (i / 4096) as u8 ^ 0x33).collect();
     std::fs::write(shared.join("data.bin"), &data).unwrap();
     let socket = dir.path().join("dax.sock");
-    let _backend = PeerProcess::start(
-        &dax_backend(),
-        &[
-            "--socket-path".as_ref(),
-            socket.as_os_str(),
-            "--shared-dir".as_ref(),
-            shared.as_os_str(),
-        ],
-        &socket,
-    );
+    let _backend = start_dax_backend(&socket, &shared, false);
 
     let mut fs = Fs::builder("hot")
         .socket_path(&socket)

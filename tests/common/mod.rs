@@ -412,6 +412,41 @@ pub fn wait_backend_lost(fs: &mut virtio_fs_dax::Fs, timeout: std::time::Duratio
     }
 }
 
+/// dax-backend: `$DAX_BACKEND`, else `peers/dax-backend/target/release/dax-backend` (which
+/// `scripts/test.sh` builds). Panics with how to get it when missing.
+pub fn dax_backend() -> std::path::PathBuf {
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("peers/dax-backend/target/release/dax-backend");
+    let path = std::env::var_os("DAX_BACKEND")
+        .map(std::path::PathBuf::from)
+        .unwrap_or(built);
+    assert!(
+        path.is_file(),
+        "dax-backend not found at {}: run scripts/test.sh, which builds it, or \
+         `cd peers/dax-backend && cargo build --release`, or set $DAX_BACKEND",
+        path.display()
+    );
+    path
+}
+
+/// Starts dax-backend serving `shared` on `socket`, in the legacy dialect when `legacy`.
+pub fn start_dax_backend(
+    socket: &std::path::Path,
+    shared: &std::path::Path,
+    legacy: bool,
+) -> PeerProcess {
+    let mut args = vec![
+        "--socket-path".as_ref(),
+        socket.as_os_str(),
+        "--shared-dir".as_ref(),
+        shared.as_os_str(),
+    ];
+    if legacy {
+        args.push("--legacy".as_ref());
+    }
+    PeerProcess::start(&dax_backend(), &args, socket)
+}
+
 /// virtiofsd: `$VIRTIOFSD`, then `~/.local/virtio-fs-dax/bin/virtiofsd` (where
 /// `scripts/test.sh` installs it), then `PATH`. Panics with how to get it when missing.
 pub fn virtiofsd() -> std::path::PathBuf {
