@@ -131,13 +131,20 @@ fn handshake_kill9_restart_reconnect() {
         .expect("activate again after reset");
 }
 
-#[test]
-fn dax_required_fails_at_connect_against_virtiofsd() {
+/// virtiofsd serving an empty tree in a temporary directory (dropped last): the directory, the
+/// socket, the process.
+fn virtiofsd_on_empty_tree() -> (tempfile::TempDir, std::path::PathBuf, PeerProcess) {
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     let socket = dir.path().join("vfs.sock");
-    let _daemon = start_virtiofsd(&socket, &shared);
+    let daemon = start_virtiofsd(&socket, &shared);
+    (dir, socket, daemon)
+}
+
+#[test]
+fn dax_required_fails_at_connect_against_virtiofsd() {
+    let (_dir, socket, _daemon) = virtiofsd_on_empty_tree();
     let mut fs = Fs::builder("myfs")
         .socket_path(&socket)
         .window_size(64 * MIB)
@@ -159,11 +166,7 @@ fn dax_required_fails_at_connect_against_virtiofsd() {
 /// offered; the guest's SETUPMAPPING then fails in virtiofsd itself.
 #[test]
 fn legacy_dialect_cannot_tell_virtiofsd_has_no_dax() {
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir(&shared).unwrap();
-    let socket = dir.path().join("vfs.sock");
-    let _daemon = start_virtiofsd(&socket, &shared);
+    let (_dir, socket, _daemon) = virtiofsd_on_empty_tree();
     let mut fs = Fs::builder("myfs")
         .socket_path(&socket)
         .window_size(64 * MIB)
@@ -181,11 +184,7 @@ fn legacy_dialect_cannot_tell_virtiofsd_has_no_dax() {
 /// refuses on its own.
 #[test]
 fn dax_required_fails_against_virtiofsd() {
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir(&shared).unwrap();
-    let socket = dir.path().join("vfs.sock");
-    let _daemon = start_virtiofsd(&socket, &shared);
+    let (_dir, socket, _daemon) = virtiofsd_on_empty_tree();
     let mut fs = Fs::builder("myfs")
         .socket_path(&socket)
         .window_size(64 * MIB)
@@ -211,11 +210,7 @@ fn dax_required_fails_against_virtiofsd() {
 /// activation, with good rings, is served by the same virtiofsd process.
 #[test]
 fn a_bad_ring_address_keeps_virtiofsd_connected() {
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir(&shared).unwrap();
-    let socket = dir.path().join("vfs.sock");
-    let mut daemon = start_virtiofsd(&socket, &shared);
+    let (_dir, socket, mut daemon) = virtiofsd_on_empty_tree();
     let mut fs = Fs::builder("myfs")
         .socket_path(&socket)
         .queue_size(256)
