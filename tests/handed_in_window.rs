@@ -14,7 +14,7 @@ use vm_memory::{FileOffset, MmapRegion};
 
 use common::*;
 use virtio_fs_dax::memory::WindowRegion;
-use virtio_fs_dax::protocol::{Access, MapEntry, Range};
+use virtio_fs_dax::protocol::Range;
 use virtio_fs_dax::test_utils::FakeMemoryManager;
 use virtio_fs_dax::window::{self, RegionRefusal};
 use virtio_fs_dax::{DaxWindow, Fs, Policy};
@@ -30,15 +30,6 @@ fn vmm_region(size: u64, flags: i32) -> Arc<MmapRegion<AtomicBitmap>> {
         )
         .unwrap(),
     )
-}
-
-fn entry(offset: u64, len: u64) -> MapEntry {
-    MapEntry {
-        offset,
-        fd_offset: 0,
-        len,
-        access: Access::ReadOnly,
-    }
 }
 
 #[test]

@@ -29,9 +29,7 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use common::*;
 use virtio_fs_dax::channel::{Error as ChannelError, DRAIN_BUDGET};
-use virtio_fs_dax::protocol::{
-    standard, Access, MapEntry, Range, FLAG_NEED_REPLY, HEADER_SIZE, VERSION,
-};
+use virtio_fs_dax::protocol::{standard, Range, FLAG_NEED_REPLY, HEADER_SIZE, VERSION};
 use virtio_fs_dax::test_utils::{FakeMemoryManager, TestBackendConfig, TestBackendServer};
 use virtio_fs_dax::window::{self, RangeError, DEFAULT_MAX_MAPPINGS};
 use virtio_fs_dax::{BackendChannel, DaxWindow, Dialect, Fs, Policy, Refusal};
@@ -46,15 +44,6 @@ fn ro(offset: u64, len: u64) -> Vec<u8> {
 
 fn neg(errno: i32) -> i64 {
     -i64::from(errno)
-}
-
-fn entry(offset: u64, len: u64) -> MapEntry {
-    MapEntry {
-        offset,
-        fd_offset: 0,
-        len,
-        access: Access::ReadOnly,
-    }
 }
 
 /// Whether every page of the window is the reservation (no mapping, no hole).

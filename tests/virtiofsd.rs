@@ -221,34 +221,26 @@ fn a_bad_ring_address_keeps_virtiofsd_connected() {
     let mem = GuestMemoryAtomic::new(guest_memory(64 << 20));
     let irq = Arc::new(CountingInterrupt::default());
 
-    let mut queues = activate_queues(2, 256);
-    let outside = 1u64 << 40;
-    let ring = &mut queues[1].queue;
-    ring.set_ready(false);
-    ring.try_set_desc_table_address(vm_memory::GuestAddress(outside))
-        .unwrap();
-    ring.set_ready(true);
-    match fs.activate(mem.clone(), irq.clone(), queues) {
-        Err(Error::Session(frontend::Error::QueueAddress { index: 1, gpa })) => {
-            assert_eq!(gpa, outside)
+    // Activates with the descriptor table of queue `index` at `gpa`: a typed error naming that
+    // ring, and no session.
+    let mut refused = |index: usize, gpa: u64| {
+        let mut queues = activate_queues(2, 256);
+        let ring = &mut queues[index].queue;
+        ring.set_ready(false);
+        ring.try_set_desc_table_address(vm_memory::GuestAddress(gpa))
+            .unwrap();
+        ring.set_ready(true);
+        match fs.activate(mem.clone(), irq.clone(), queues) {
+            Err(Error::Session(frontend::Error::QueueAddress { index: i, gpa: at })) => {
+                assert_eq!((i, at), (index, gpa))
+            }
+            other => panic!("a typed error for queue {index}'s ring at {gpa:#x}: {other:?}"),
         }
-        other => panic!("a typed error for the bad ring: {other:?}"),
-    }
-    assert!(fs.session().is_none());
+        assert!(fs.session().is_none());
+    };
+    refused(1, 1 << 40);
     // A ring that starts inside RAM and runs past its end is refused too.
-    let mut queues = activate_queues(2, 256);
-    let edge = (64 << 20) - 16 * 128;
-    let ring = &mut queues[0].queue;
-    ring.set_ready(false);
-    ring.try_set_desc_table_address(vm_memory::GuestAddress(edge))
-        .unwrap();
-    ring.set_ready(true);
-    match fs.activate(mem.clone(), irq.clone(), queues) {
-        Err(Error::Session(frontend::Error::QueueAddress { index: 0, gpa })) => {
-            assert_eq!(gpa, edge)
-        }
-        other => panic!("a typed error for the ring past the end of RAM: {other:?}"),
-    }
+    refused(0, (64 << 20) - 16 * 128);
     std::thread::sleep(Duration::from_millis(300));
     assert!(daemon.is_running(), "virtiofsd lost its connection");
 

@@ -412,6 +412,16 @@ pub fn wait_backend_lost(fs: &mut virtio_fs_dax::Fs, timeout: std::time::Duratio
     }
 }
 
+/// A read-only map entry of `len` bytes at window offset `offset`, from the file's start.
+pub fn entry(offset: u64, len: u64) -> virtio_fs_dax::protocol::MapEntry {
+    virtio_fs_dax::protocol::MapEntry {
+        offset,
+        fd_offset: 0,
+        len,
+        access: virtio_fs_dax::protocol::Access::ReadOnly,
+    }
+}
+
 /// dax-backend: `$DAX_BACKEND`, else `peers/dax-backend/target/release/dax-backend` (which
 /// `scripts/test.sh` builds). Panics with how to get it when missing.
 pub fn dax_backend() -> std::path::PathBuf {
