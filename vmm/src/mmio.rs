@@ -11,7 +11,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio_fs_dax::device::{VirtioInterrupt, VirtioInterruptType};
 use virtio_fs_dax::transport::MmioShmRegs;
 use virtio_fs_dax::Fs;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::mistakes::MistakeLog;
@@ -314,7 +314,6 @@ impl MmioFs {
         let queues = activate_queues(
             &self.queues,
             self.fs.queue_max_sizes(),
-            &self.mem.memory(),
             &self.kicks,
             &self.calls,
         )?;

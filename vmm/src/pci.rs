@@ -77,7 +77,7 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use virtio_fs_dax::device::{VirtioInterrupt, VirtioInterruptType};
 use virtio_fs_dax::transport::ShmBar;
 use virtio_fs_dax::Fs;
-use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{ByteValued, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::mistakes::MistakeLog;
@@ -945,13 +945,7 @@ impl PciFs {
                 used: r.used,
             })
             .collect();
-        let queues = activate_queues(
-            &driver,
-            self.fs.queue_max_sizes(),
-            &self.mem.memory(),
-            &self.kicks,
-            &self.calls,
-        )?;
+        let queues = activate_queues(&driver, self.fs.queue_max_sizes(), &self.kicks, &self.calls)?;
         self.fs
             .activate(self.mem.clone(), self.irq.clone(), queues)
             .context("Fs::activate")

@@ -3,10 +3,10 @@
 
 //! What both transports hand the crate at DRIVER_OK: the queues the driver set up, checked.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use virtio_fs_dax::device::ActivateQueue;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 /// One queue as the driver programmed it through the transport's registers.
@@ -25,14 +25,13 @@ pub struct DriverQueue {
 }
 
 /// The crate's `ActivateQueue`s for the driver's queues, each with duplicates of its kick and
-/// call eventfds. A ready queue whose size or addresses virtio-queue refuses, or whose rings are
-/// not in guest RAM, is an error, found here before the device is touched: the crate refuses
-/// such queues too, but only after it has used up its connection to the backend, which a
-/// backend that serves one connection (virtiofsd, dax-backend) does not give again.
+/// call eventfds. A ready queue whose size or addresses virtio-queue refuses is an error here:
+/// virtio-queue's plain setters would keep the old values silently. Rings outside guest RAM are
+/// the crate's to refuse: `Fs::activate` checks them before it sends anything, so the backend
+/// stays connected for the driver's next try.
 pub fn activate_queues(
     driver: &[DriverQueue],
     max_sizes: &[u16],
-    ram: &GuestMemoryMmap,
     kicks: &[EventFd],
     calls: &[EventFd],
 ) -> Result<Vec<ActivateQueue>> {
@@ -48,16 +47,6 @@ pub fn activate_queues(
                 .map_err(|e| anyhow!("queue {index}: driver area {:#x}: {e:?}", r.avail))?;
             q.try_set_used_ring_address(GuestAddress(r.used))
                 .map_err(|e| anyhow!("queue {index}: device area {:#x}: {e:?}", r.used))?;
-            let size = usize::from(r.size);
-            for (what, at, len) in [
-                ("descriptor table", r.desc, 16 * size),
-                ("driver area", r.avail, 6 + 2 * size),
-                ("device area", r.used, 6 + 8 * size),
-            ] {
-                if !ram.check_range(GuestAddress(at), len) {
-                    bail!("queue {index}: {what} at {at:#x} ({len} bytes) is not in guest RAM");
-                }
-            }
         }
         q.set_ready(r.ready);
         queues.push(ActivateQueue {
