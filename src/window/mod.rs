@@ -51,7 +51,7 @@ mod reservation;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use vm_memory::bitmap::Bitmap;
 use vm_memory::MmapRegion;
@@ -243,17 +243,6 @@ impl Inner {
         self.ballast.refill();
         Ok(())
     }
-
-    /// `msync` of a checked range.
-    fn sync(&self, offset: u64, len: u64) -> Result<()> {
-        self.reservation
-            .sync(offset as usize, len as usize)
-            .map_err(|source| Error::Sync {
-                offset,
-                len,
-                source,
-            })
-    }
 }
 
 /// A DAX window. Share it as `Arc<DaxWindow>`: every method takes `&self` and serialises on an
@@ -261,6 +250,11 @@ impl Inner {
 #[derive(Debug)]
 pub struct DaxWindow {
     inner: Mutex<Inner>,
+    /// Held (shared) by every copy into memory done for a session of this window, across the
+    /// check of its generation and the copy; taken exclusively to end a generation. So when
+    /// [`DaxWindow::reset`] returns, no copy of the ended session is still running, and none
+    /// starts after. A copy under it is a bounded memory copy, never a file syscall.
+    copies: RwLock<()>,
     /// `Inner::generation`, readable without the lock; written under it.
     generation: AtomicU64,
     host_addr: u64,
@@ -370,6 +364,7 @@ impl DaxWindowBuilder {
         let mut ballast = Ballast::default();
         ballast.refill();
         Ok(DaxWindow {
+            copies: RwLock::new(()),
             generation: AtomicU64::new(0),
             host_addr: reservation.addr() as u64,
             inner: Mutex::new(Inner {
@@ -703,6 +698,9 @@ impl DaxWindow {
     /// Ends generation `lease` (`None`: the current one) and drops every mapping; nothing when
     /// the window is past `lease` already.
     fn end_generation(&self, lease: Option<u64>) -> Result<()> {
+        // Waits for a copy into memory in progress (a bounded memory copy), never for a file
+        // syscall or an msync: those run without any of the window's locks.
+        let _copies = self.copies.write().unwrap_or_else(|p| p.into_inner());
         let mut inner = self.lock();
         if lease.is_some_and(|g| g != inner.generation) {
             return Ok(());
@@ -749,13 +747,23 @@ impl DaxWindow {
     }
 
     fn sync_as(&self, lease: Option<u64>, ranges: &[Range]) -> Result<()> {
-        let inner = self.lock_for(lease)?;
+        drop(self.lock_for(lease)?);
         for r in ranges {
             check_range(r.offset, r.len, None, self.size, self.page_size)
                 .map_err(|reason| self.range_error(r.offset, r.len, 0, reason))?;
         }
+        // Without the lock: an msync can wait on the file's writeback as long as the file system
+        // takes (a hung network or FUSE mount), and must not hold up a reset or a map meanwhile.
+        // The range stays inside the reservation, which lives as long as `self`; should a reset
+        // replace what it holds meanwhile, syncing the new contents is harmless.
         for r in ranges {
-            inner.sync(r.offset, r.len)?;
+            // Checked ranges fit usize: they lie inside the window, whose size fits usize.
+            reservation::sync(self.host_addr as usize + r.offset as usize, r.len as usize)
+                .map_err(|source| Error::Sync {
+                    offset: r.offset,
+                    len: r.len,
+                    source,
+                })?;
             FsMetrics::add(&self.metrics.syncs, 1);
         }
         Ok(())
@@ -771,9 +779,17 @@ impl DaxWindow {
         self.lock().table.len()
     }
 
+    /// Enters the copy gate of generation `generation`: while the guard lives, that generation
+    /// cannot end ([`DaxWindow::reset`] waits for it). `None` when the generation has ended.
+    /// The IO path holds it across each bounded memory copy of a session's transfer.
+    pub(crate) fn enter_copy(&self, generation: u64) -> Option<RwLockReadGuard<'_, ()>> {
+        let guard = self.copies.read().unwrap_or_else(|p| p.into_inner());
+        (self.generation() == generation).then_some(guard)
+    }
+
     /// Runs `f` with the host address of `[offset, offset + len)` while the window's lock is held,
-    /// if live mappings cover the range (writable ones when `write`). Used by the IO path: nothing
-    /// can remap the range while `f` runs.
+    /// if live mappings cover the range (writable ones when `write`). Used by the IO path for a
+    /// bounded memory copy: nothing can remap the range while `f` runs.
     pub(crate) fn with_mapped<T>(
         &self,
         offset: u64,
