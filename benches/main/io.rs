@@ -11,7 +11,7 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput};
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
 
-use virtio_fs_dax::io::Transfer;
+use virtio_fs_dax::io::{Requester, Transfer};
 use virtio_fs_dax::protocol::{legacy, Dialect, FsBackendMsg, FS_FLAG_MAP_R};
 use virtio_fs_dax::{BackendChannel, IoSpace};
 
@@ -28,7 +28,7 @@ pub fn io(c: &mut Criterion) {
     let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), M2 as usize)]).unwrap();
     let space = Arc::new(IoSpace::with_guest_memory(Arc::new(ram)));
     // Fault guest RAM in, as the floor's buffer is.
-    let first = space.transfer(0, M2, Transfer::ReadFile(&file, 0));
+    let first = space.transfer(&Requester::default(), 0, M2, Transfer::ReadFile(&file, 0));
     assert_eq!(first.unwrap(), M2);
     let mut buf = AnonBuf::new(M2);
     let mut fs_io = FsBackendMsg::default();
@@ -46,7 +46,12 @@ pub fn io(c: &mut Criterion) {
     });
     let mut transfer = Side::new("transfer_2m", |n| {
         timed(n, || {
-            let done = space.transfer(black_box(0), M2, Transfer::ReadFile(&file, 0));
+            let done = space.transfer(
+                &Requester::default(),
+                black_box(0),
+                M2,
+                Transfer::ReadFile(&file, 0),
+            );
             assert_eq!(done.unwrap(), M2);
         })
     });

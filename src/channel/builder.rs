@@ -112,6 +112,7 @@ impl BackendChannelBuilder {
             metrics,
             name: self.name,
             reader: Reader::default(),
+            gate: Arc::default(),
             nonblocking: false,
             thread: self.thread,
         }

@@ -106,7 +106,7 @@ use std::time::{Duration, Instant};
 use vm_memory::ByteValued;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use crate::io::{IoSpace, Transfer};
+use crate::io::{CopyGate, IoSpace, Requester, Transfer};
 use crate::metrics::FsMetrics;
 use crate::protocol::{
     self, decode_body, encode_reply, encode_reply_with, DecodeError, Dialect, Header, IoDirection,
@@ -166,6 +166,9 @@ pub struct BackendChannel {
     metrics: Arc<FsMetrics>,
     name: String,
     reader: Reader,
+    /// Ended when the channel's thread is stopped: no copy into memory of this channel runs
+    /// after that, even while a file syscall of it still stalls.
+    gate: Arc<CopyGate>,
     nonblocking: bool,
     thread: ThreadConfig,
 }
@@ -341,8 +344,17 @@ impl BackendChannel {
         }
     }
 
+    /// Who this channel's transfers are for: its window's session, and its own gate.
+    fn requester(&self) -> Requester<'_> {
+        Requester {
+            lease: self.window.as_ref(),
+            gate: Some(&self.gate),
+        }
+    }
+
     fn execute(&self, req: Request, files: &[File]) -> std::result::Result<Reply, RequestError> {
         self.check_current()?;
+        let from = self.requester();
         // The decoder checked the descriptor count; `first` cannot be missing where it is used.
         let file = || {
             files
@@ -384,7 +396,7 @@ impl BackendChannel {
                     let check = Transfer::Check {
                         writes_memory: e.direction == IoDirection::ReadFile,
                     };
-                    self.io.transfer(e.gpa, e.len, check)?;
+                    self.io.transfer(&from, e.gpa, e.len, check)?;
                 }
                 let mut total = 0;
                 for e in &entries {
@@ -393,7 +405,7 @@ impl BackendChannel {
                         IoDirection::ReadFile => Transfer::ReadFile(file, e.fd_offset),
                         IoDirection::WriteFile => Transfer::WriteFile(file, e.fd_offset),
                     };
-                    let done = self.io.transfer(e.gpa, e.len, t)?;
+                    let done = self.io.transfer(&from, e.gpa, e.len, t)?;
                     FsMetrics::add(&self.metrics.ios, 1);
                     FsMetrics::add(&self.metrics.io_bytes, done);
                     total += done;
@@ -412,14 +424,15 @@ impl BackendChannel {
                 let (head, buf) = data.split_at_mut(size_of::<protocol::MemRwHeader>());
                 head.copy_from_slice(hdr.as_slice());
                 self.io
-                    .transfer(gpa, u64::from(size), Transfer::ToBuffer(buf))?;
+                    .transfer(&from, gpa, u64::from(size), Transfer::ToBuffer(buf))?;
                 FsMetrics::add(&self.metrics.ios, 1);
                 FsMetrics::add(&self.metrics.io_bytes, u64::from(size));
                 return Ok(Reply::Data(data));
             }
             Request::MemWrite { gpa, data } => {
                 let len = data.len() as u64;
-                self.io.transfer(gpa, len, Transfer::FromBuffer(&data))?;
+                self.io
+                    .transfer(&from, gpa, len, Transfer::FromBuffer(&data))?;
                 FsMetrics::add(&self.metrics.ios, 1);
                 FsMetrics::add(&self.metrics.io_bytes, len);
             }

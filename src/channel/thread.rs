@@ -16,6 +16,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{BackendChannel, Error, Result};
+use crate::io::CopyGate;
 
 /// How long [`ChannelThread::stop`] and dropping a [`ChannelThread`] wait for the thread.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -106,6 +107,7 @@ impl BackendChannel {
             .clone()
             .unwrap_or_else(|| format!("{name}-backend"));
         let hook = self.thread.hook.take();
+        let gate = self.gate.clone();
         let (done_tx, done) = mpsc::channel::<()>();
         let (started_tx, started) = mpsc::channel::<std::result::Result<(), HookError>>();
         let thread_control = control.clone();
@@ -136,6 +138,7 @@ impl BackendChannel {
             Ok(Ok(())) => Ok(ChannelThread {
                 stop,
                 sock,
+                gate,
                 handle: Some(handle),
                 done,
                 name,
@@ -252,6 +255,7 @@ impl Drop for Ended<'_> {
 pub struct ChannelThread {
     stop: EventFd,
     sock: UnixStream,
+    gate: Arc<CopyGate>,
     handle: Option<JoinHandle<Result<()>>>,
     done: mpsc::Receiver<()>,
     name: String,
@@ -355,6 +359,9 @@ impl ChannelThread {
         }
         let _ = self.stop.write(1);
         let _ = self.sock.shutdown(Shutdown::Both);
+        // Waits for a memory copy in progress (bounded), never for a file syscall: whatever the
+        // thread still does once it is told to stop stores nothing into memory any more.
+        self.gate.end();
     }
 
     fn join_within(&mut self, timeout: Duration) -> Result<()> {
