@@ -251,7 +251,8 @@ fn io_into_guest_ram_and_into_windows() {
     const OTHER_GPA: u64 = 1 << 33;
     let ram =
         Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap());
-    let io = Arc::new(IoSpace::with_guest_memory(ram.clone()));
+    // The VMM opted in to IO across its devices' windows.
+    let io = Arc::new(IoSpace::with_guest_memory(ram.clone()).cross_device(true));
     let l = setup(8 * MIB, io.clone());
     io.add_window(WIN_GPA, l.window.clone()).unwrap();
     // Another device's window on the same address space, mapped by its own channel.
@@ -359,4 +360,67 @@ fn io_into_guest_ram_and_into_windows() {
     assert_eq!(metrics.refusals(virtio_fs_dax::Refusal::BadAddress), 4);
     assert!(io.remove_window(OTHER_GPA).is_some());
     l.finish(9);
+}
+
+#[test]
+fn io_into_another_devices_window_needs_the_opt_in() {
+    let _g = serial();
+    const RAM: u64 = 16 * MIB;
+    const WIN_GPA: u64 = 1 << 32;
+    const OTHER_GPA: u64 = 1 << 33;
+    let ram =
+        Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap());
+    // One space for both devices, no opt-in.
+    let io = Arc::new(IoSpace::with_guest_memory(ram.clone()));
+    assert!(!io.allows_cross_device());
+    let l = setup(8 * MIB, io.clone());
+    io.add_window(WIN_GPA, l.window.clone()).unwrap();
+    let other = Arc::new(DaxWindow::new(4 * MIB).unwrap());
+    io.add_window(OTHER_GPA, other.clone()).unwrap();
+
+    // The other device's window is mapped writable: only the opt-in stands in the way.
+    let (theirs, _) = memfd(2 * MIB, |_| 0x77);
+    other
+        .map(
+            &[virtio_fs_dax::protocol::MapEntry {
+                access: Access::ReadWrite,
+                ..entry(0, 2 * MIB)
+            }],
+            &theirs,
+            Policy::STANDARD,
+        )
+        .unwrap();
+    let (src, _) = memfd(2 * PAGE, |_| 0x5a);
+    for flags in [R, W] {
+        let m = msg(&[(OTHER_GPA, 0, PAGE, flags)]);
+        assert_eq!(
+            l.send(BackendReq::FS_IO, &m, Some(&src)),
+            -(libc::EFAULT as i64),
+            "{flags:?}: another device's window is out of reach"
+        );
+    }
+    let mut buf = [0u8; 8];
+    theirs.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, [0x77; 8], "nothing reached the other device's file");
+    src.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, [0x5a; 8], "nothing came from it either");
+
+    // Its own window and guest RAM stay in reach.
+    let (dst, _) = memfd(2 * MIB, |_| 0);
+    l.backend
+        .fs_backend_map(&msg(&[(0, 0, 2 * MIB, R | W)]), &dst)
+        .unwrap();
+    let m = msg(&[(WIN_GPA, 0, PAGE, R), (0x1000, 0, PAGE, R)]);
+    assert_eq!(l.send(BackendReq::FS_IO, &m, Some(&src)), 2 * PAGE as i64);
+    dst.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, [0x5a; 8]);
+    ram.read_slice(&mut buf, GuestAddress(0x1000)).unwrap();
+    assert_eq!(buf, [0x5a; 8]);
+    assert_eq!(
+        l.window
+            .metrics()
+            .refusals(virtio_fs_dax::Refusal::BadAddress),
+        2
+    );
+    l.finish(4);
 }

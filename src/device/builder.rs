@@ -102,8 +102,11 @@ impl FsBuilder {
         self.memory = Some(memory);
         self
     }
-    /// The VM-wide IO space for FS_IO (shared by every virtio-fs device). Default: a private
-    /// one with this device's window only, and guest RAM added at activation.
+    /// The VM-wide IO space for FS_IO (shared by every virtio-fs device; the device registers
+    /// its window in it where it is placed). Its backend reaches guest RAM and this device's
+    /// window, and the other devices' windows only if the space opted in
+    /// ([`IoSpace::cross_device`]). Default: a private one over the guest memory given at
+    /// activation, with this device's window only.
     pub fn io_space(mut self, io: Arc<IoSpace>) -> Self {
         self.io = Some(io);
         self

@@ -43,7 +43,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use virtio_fs_dax::frontend::DaxFallback;
 use virtio_fs_dax::memory::{MemoryManager, WindowRegion};
-use virtio_fs_dax::{DaxWindow, Dialect, Fs};
+use virtio_fs_dax::{DaxWindow, Dialect, Fs, IoSpace};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, MmapRegion};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -622,6 +622,10 @@ fn run(args: Args) -> Result<u8> {
         windows: Mutex::new(Vec::new()),
     });
     let atomic = GuestMemoryAtomic::new(mem.clone());
+    // One IO space for every device, opted in to IO across their windows: the guest may hand a
+    // buffer mapped from one device's window to a read or write on another, and this VMM's
+    // backends are all the operator's, trusted alike.
+    let io_space = Arc::new(IoSpace::with_guest_memory(atomic.clone()).cross_device(true));
     let mut devices = Vec::new();
     let mut dsdt = Vec::new();
     let mut windows = Vec::new();
@@ -654,6 +658,7 @@ fn run(args: Args) -> Result<u8> {
             // The Linux guest upgrades a read-only range to writable by mapping it again.
             .replace_exact(true)
             .memory_manager(memory.clone())
+            .io_space(io_space.clone())
             .build()
             .with_context(|| format!("virtio-fs {}", f.tag))?;
         // Before the guest can see the device: the device decides here whether it offers the
