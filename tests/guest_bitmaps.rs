@@ -154,3 +154,94 @@ fn fs_io_dirties_an_optional_atomic_bitmap() {
         r.bitmap().dirty_at((gpa - r.start_addr().0) as usize)
     });
 }
+
+/// File-backed guest RAM with an atomic bitmap, and its file, which the test may cut short.
+fn ram_and_file() -> (GuestMemoryMmap<AtomicBitmap>, std::fs::File) {
+    let (file, _) = memfd(0, |_| 0);
+    file.set_len(RAM as u64).unwrap();
+    let region = MmapRegionBuilder::new_with_bitmap(RAM, atomic_bitmap())
+        .with_file_offset(FileOffset::new(file.try_clone().unwrap(), 0))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+        .build()
+        .unwrap();
+    let mem =
+        GuestMemoryMmap::from_regions(vec![GuestRegionMmap::new(region, GuestAddress(0)).unwrap()])
+            .unwrap();
+    (mem, file)
+}
+
+fn dirty_at(m: &GuestMemoryMmap<AtomicBitmap>, gpa: u64) -> bool {
+    let r = m.find_region(GuestAddress(gpa)).unwrap();
+    r.bitmap().dirty_at((gpa - r.start_addr().0) as usize)
+}
+
+/// An FS_IO that fails part way marks dirty what it stored before the failure, both where the
+/// file is read straight into guest RAM (a memfd: the destination faults part way) and where
+/// it goes through the bounce buffer (`/proc/self/mem`: the source fails part way).
+#[test]
+fn partial_fs_io_marks_what_it_stored() {
+    let _g = serial();
+    let (mem, ram_file) = ram_and_file();
+    let ram = GuestMemoryAtomic::new(mem);
+    let io = Arc::new(IoSpace::with_guest_memory(ram.clone()));
+    let h = Harness::with(Dialect::Legacy, 8 * MIB, false, io);
+    let m = ram.memory();
+
+    // Straight into guest RAM: the RAM's file ends two pages into the range, so the read
+    // stores two pages and then faults (EFAULT).
+    let cut = 16 * MIB;
+    ram_file.set_len(cut).unwrap();
+    let (src, _) = memfd(4 * PAGE, |_| 0x42);
+    let gpa = cut - 2 * PAGE;
+    assert_eq!(
+        h.peer.call(
+            legacy::FS_IO,
+            &fs_io(gpa, 4 * PAGE, FS_FLAG_MAP_R),
+            &[src.as_raw_fd()]
+        ),
+        -i64::from(libc::EFAULT)
+    );
+    for page in [gpa, gpa + PAGE] {
+        assert_eq!(m.read_obj::<u8>(GuestAddress(page)).unwrap(), 0x42);
+        assert!(
+            dirty_at(&m, page),
+            "page {page:#x} stored before the fault is dirty"
+        );
+    }
+    assert!(!dirty_at(&m, gpa - PAGE));
+
+    // Through the bounce buffer: a source whose read fails after a chunk and a page. The
+    // source is a mapping of a file cut short, read through /proc/self/mem.
+    let chunk = virtio_fs_dax::io::IO_CHUNK as u64;
+    let (backing, _) = memfd(chunk + 2 * PAGE, |_| 0x24);
+    let source = MmapRegionBuilder::<()>::new((chunk + 2 * PAGE) as usize)
+        .with_file_offset(FileOffset::new(backing.try_clone().unwrap(), 0))
+        .with_mmap_prot(libc::PROT_READ)
+        .with_mmap_flags(libc::MAP_SHARED)
+        .build()
+        .unwrap();
+    backing.set_len(chunk + PAGE).unwrap();
+    let proc_mem = std::fs::File::open("/proc/self/mem").unwrap();
+    let msg = FsBackendMsg {
+        fd_offset: [source.as_ptr() as u64, 0, 0, 0, 0, 0, 0, 0],
+        cache_offset: [0x40_0000, 0, 0, 0, 0, 0, 0, 0],
+        len: [chunk + 2 * PAGE, 0, 0, 0, 0, 0, 0, 0],
+        flags: [FS_FLAG_MAP_R, 0, 0, 0, 0, 0, 0, 0],
+    };
+    let reply = h.peer.call(
+        legacy::FS_IO,
+        vm_memory::ByteValued::as_slice(&msg),
+        &[proc_mem.as_raw_fd()],
+    );
+    assert!(reply < 0, "the read failed part way: {reply}");
+    let mut stored = 0;
+    for page in (0x40_0000..0x40_0000 + chunk + 2 * PAGE).step_by(PAGE as usize) {
+        if m.read_obj::<u8>(GuestAddress(page)).unwrap() == 0x24 {
+            stored += 1;
+            assert!(dirty_at(&m, page), "page {page:#x} stored is dirty");
+        }
+    }
+    assert!(stored > 0, "a part was stored before the failure");
+    h.stop();
+}
