@@ -745,8 +745,8 @@ impl Fs {
         if self.window_gpa == Some(gpa) {
             return Ok(());
         }
+        let old = self.window_gpa.and_then(|g| self.region(g));
         if let Some(mm) = &self.memory {
-            let old = self.window_gpa.and_then(|g| self.region(g));
             if let Some(old) = &old {
                 mm.unregister_window(old).map_err(|source| Error::Memory {
                     gpa: old.gpa,
@@ -771,7 +771,28 @@ impl Fs {
             if let Some(old) = self.window_gpa {
                 io.remove_window(old);
             }
-            io.add_window(gpa, window).map_err(Error::Io)?;
+            if let Err(e) = io.add_window(gpa, window.clone()) {
+                // The IO space refused the new place (another device's window is there): put
+                // the window back where it was, in the memory manager and the IO space, so a
+                // refused move changes nothing.
+                let name = &self.session_cfg.name;
+                if let Some(mm) = &self.memory {
+                    if let Err(err) = mm.unregister_window(&new) {
+                        log::warn!("{name}: unregistering the window at {gpa:#x}: {err}");
+                    }
+                    if let Some(old) = &old {
+                        if let Err(err) = mm.register_window(old) {
+                            log::warn!("{name}: restoring the window at {:#x}: {err}", old.gpa);
+                        }
+                    }
+                }
+                if let Some(old) = self.window_gpa {
+                    if let Err(err) = io.add_window(old, window) {
+                        log::warn!("{name}: restoring the window at {old:#x}: {err}");
+                    }
+                }
+                return Err(Error::Io(e));
+            }
         }
         self.window_gpa = Some(gpa);
         Ok(())
@@ -1011,6 +1032,17 @@ mod tests {
             mm.live()
         );
         mm.unregister_window(&squatter).unwrap();
+        // ... or a new place the IO space refuses (another device's window is there): the
+        // memory manager's registration is rolled back too.
+        let other = Arc::new(DaxWindow::new(2 << 20).unwrap());
+        io.add_window(1 << 36, other).unwrap();
+        assert!(matches!(fs.set_shm_base(0, 1 << 36), Err(Error::Io(_))));
+        assert_eq!(fs.shm_regions()[0].gpa, Some(1 << 33));
+        assert_eq!(mm.live(), vec![at(1 << 33)], "the new slot was rolled back");
+        let back = io.remove_window(1 << 33).expect("back in the IO space");
+        assert!(Arc::ptr_eq(&back, fs.window().unwrap()));
+        io.add_window(1 << 33, back).unwrap();
+        assert!(io.remove_window(1 << 36).is_some());
         // Drop: the slot goes before the window.
         let window = Arc::downgrade(fs.window().unwrap());
         drop(fs);
