@@ -17,7 +17,10 @@
 //! every mapping in one step under the window's lock. A lease of an ended generation is refused
 //! ([`Error::Stale`]) whatever it asks, so a channel thread that outlived its session (a stalled
 //! request, a join that timed out) can neither map into the next session's window nor wipe its
-//! mappings.
+//! mappings. The IO path ([`crate::IoSpace`]) checks the generation again before each chunk it
+//! copies into memory, under a copy gate that ending a generation takes: after `reset` returns,
+//! no copy of the ended session runs, and none starts. No lock of the window is held across a
+//! file syscall or an `msync`.
 //!
 //! # Limits
 //!
