@@ -122,8 +122,13 @@ impl StallFs {
         }
     }
 
-    fn path(&self) -> PathBuf {
-        self.dir.join("data")
+    /// Opens `data`, read-only or read-write.
+    fn open(&self, write: bool) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(self.dir.join("data"))
+            .unwrap()
     }
 
     fn hold(&self, reads: bool, writes: bool) {
@@ -372,6 +377,27 @@ fn setup() -> Setup {
     }
 }
 
+impl Setup {
+    /// Ends the peer and waits for the channel's thread.
+    fn finish(self) {
+        drop(self.peer);
+        self.server.join().unwrap();
+    }
+}
+
+/// Maps the first 2 MiB of `file` writable at offset 0, in the current generation.
+fn map_rw(window: &DaxWindow, file: &File) {
+    let e = MapEntry {
+        access: Access::ReadWrite,
+        ..entry(0, 2 * MIB)
+    };
+    window.map(&[e], file, Policy::LEGACY).unwrap();
+}
+
+fn assert_zero(bytes: &[u8], what: &str) {
+    assert!(bytes.iter().all(|b| *b == 0), "{what}");
+}
+
 /// Runs `f` and asserts it took less than [`BOUND`]. Should it not return in time, the held
 /// request is released (so that the test fails instead of waiting for ever) before the panic.
 fn within_bound<T: Send>(fs: &StallFs, what: &str, f: impl FnOnce() -> T + Send) -> T {
@@ -409,7 +435,7 @@ fn bar_move(fs: &StallFs, io: &IoSpace, window: &Arc<DaxWindow>, from: u64, to: 
 fn stalled_read_into_guest_ram_holds_up_nothing_and_lands_nowhere() {
     let _g = serial();
     let fs = StallFs::mount();
-    let file = File::open(fs.path()).unwrap();
+    let file = fs.open(false);
     let s = setup();
     fs.hold(true, false);
     s.peer.send(
@@ -434,31 +460,18 @@ fn stalled_read_into_guest_ram_holds_up_nothing_and_lands_nowhere() {
     assert_eq!(s.peer.reply(legacy::FS_IO), -i64::from(libc::ESTALE));
     let mut got = vec![1u8; 512 << 10];
     s.ram.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
-    assert!(
-        got.iter().all(|b| *b == 0),
-        "a stale read landed in guest RAM"
-    );
-    drop(s.peer);
-    s.server.join().unwrap();
+    assert_zero(&got, "a stale read landed in guest RAM");
+    s.finish();
 }
 
 #[test]
 fn stalled_read_into_the_window_never_reaches_the_next_sessions_mapping() {
     let _g = serial();
     let fs = StallFs::mount();
-    let file = File::open(fs.path()).unwrap();
+    let file = fs.open(false);
     let s = setup();
     let (old, _) = memfd(2 * MIB, |_| 0);
-    s.window
-        .map(
-            &[MapEntry {
-                access: Access::ReadWrite,
-                ..entry(0, 2 * MIB)
-            }],
-            &old,
-            Policy::LEGACY,
-        )
-        .unwrap();
+    map_rw(&s.window, &old);
     fs.hold(true, false);
     s.peer.send(
         legacy::FS_IO,
@@ -470,42 +483,22 @@ fn stalled_read_into_the_window_never_reaches_the_next_sessions_mapping() {
     within_bound(&fs, "reset", || s.window.reset().unwrap());
     // The next session maps a file of its own over the same range.
     let (new, _) = memfd(2 * MIB, |_| 0);
-    s.window
-        .map(
-            &[MapEntry {
-                access: Access::ReadWrite,
-                ..entry(0, 2 * MIB)
-            }],
-            &new,
-            Policy::LEGACY,
-        )
-        .unwrap();
+    map_rw(&s.window, &new);
     fs.release();
     assert_eq!(s.peer.reply(legacy::FS_IO), -i64::from(libc::ESTALE));
     let mut got = vec![1u8; 2 * MIB as usize];
     new.read_exact_at(&mut got, 0).unwrap();
-    assert!(
-        got.iter().all(|b| *b == 0),
-        "stale bytes in the new session's file"
-    );
+    assert_zero(&got, "stale bytes in the new session's file");
     old.read_exact_at(&mut got, 0).unwrap();
-    assert!(
-        got.iter().all(|b| *b == 0),
-        "stale bytes in the old session's file"
-    );
-    drop(s.peer);
-    s.server.join().unwrap();
+    assert_zero(&got, "stale bytes in the old session's file");
+    s.finish();
 }
 
 #[test]
 fn stalled_write_from_guest_ram_holds_up_nothing() {
     let _g = serial();
     let fs = StallFs::mount();
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(fs.path())
-        .unwrap();
+    let file = fs.open(true);
     let s = setup();
     s.ram
         .write_slice(&[0x5a; 4096], GuestAddress(0x20000))
@@ -522,31 +515,17 @@ fn stalled_write_from_guest_ram_holds_up_nothing() {
     fs.release();
     // The bytes were copied out before the reset: the write itself completes.
     assert_eq!(s.peer.reply(legacy::FS_IO), 4096);
-    drop(s.peer);
-    s.server.join().unwrap();
+    s.finish();
 }
 
 #[test]
 fn stalled_sync_holds_up_nothing() {
     let _g = serial();
     let fs = StallFs::mount();
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(fs.path())
-        .unwrap();
+    let file = fs.open(true);
     let s = setup();
     // The session maps the FUSE file writable and dirties it through the window.
-    s.window
-        .map(
-            &[MapEntry {
-                access: Access::ReadWrite,
-                ..entry(0, 2 * MIB)
-            }],
-            &file,
-            Policy::LEGACY,
-        )
-        .unwrap();
+    map_rw(&s.window, &file);
     write_window(&s.window, 0, &[0x66; 8192]);
     fs.hold(false, true);
     s.peer.send(legacy::FS_SYNC, &fs_msg(0, 0, 2 * MIB, 0), &[]);
@@ -578,15 +557,14 @@ fn stalled_sync_holds_up_nothing() {
     assert_eq!(s.peer.reply(legacy::FS_SYNC), 0);
     within_bound(&fs, "reset", || s.window.reset().unwrap());
     assert_window_sound(&s.window);
-    drop(s.peer);
-    s.server.join().unwrap();
+    s.finish();
 }
 
 #[test]
 fn stopped_thread_of_a_windowless_channel_stores_nothing_after_stop() {
     let _g = serial();
     let fs = StallFs::mount();
-    let file = File::open(fs.path()).unwrap();
+    let file = fs.open(false);
     let ram = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap());
     let io = Arc::new(IoSpace::with_guest_memory(ram.clone()));
     let (ours, theirs) = UnixStream::pair().unwrap();
@@ -615,10 +593,7 @@ fn stopped_thread_of_a_windowless_channel_stores_nothing_after_stop() {
     fs.wait_flush(flushes);
     let mut got = vec![1u8; 64 << 10];
     ram.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
-    assert!(
-        got.iter().all(|b| *b == 0),
-        "a stopped thread's read landed in guest RAM"
-    );
+    assert_zero(&got, "a stopped thread's read landed in guest RAM");
 }
 
 /// The FUSE file serves what the tests expect when nothing is held, so the stalls above are
@@ -627,7 +602,7 @@ fn stopped_thread_of_a_windowless_channel_stores_nothing_after_stop() {
 fn unheld_fuse_file_reads_through_fs_io() {
     let _g = serial();
     let fs = StallFs::mount();
-    let file = File::open(fs.path()).unwrap();
+    let file = fs.open(false);
     let s = setup();
     assert_eq!(
         s.peer.call(
@@ -640,6 +615,5 @@ fn unheld_fuse_file_reads_through_fs_io() {
     let mut got = vec![0u8; 300 << 10];
     s.ram.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
     assert!(got.iter().all(|b| *b == PATTERN));
-    drop(s.peer);
-    s.server.join().unwrap();
+    s.finish();
 }
