@@ -40,6 +40,12 @@
 //!
 //! The thread needs these syscalls (for seccomp filters): [`SYSCALLS`].
 //!
+//! # Descriptors
+//!
+//! Every descriptor the channel receives or makes is close-on-exec from the moment it exists
+//! (`MSG_CMSG_CLOEXEC` on `recvmsg`, `EFD_CLOEXEC`, `EPOLL_CLOEXEC`), so a process the VMM
+//! spawns inherits none of them.
+//!
 //! # The thread, as a VMM wants it
 //!
 //! - **Name and start hook.** [`BackendChannelBuilder::thread_name`] names the thread (Linux
