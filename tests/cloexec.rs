@@ -2,7 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The descriptors of the backend channel: a process the VMM spawns inherits none of them (the
-//! ones it received with a message, its eventfds, its epoll).
+//! ones it received with a message, its eventfds, its epoll), and those of a message the
+//! backend left unfinished are closed as soon as the channel fails, not when it is dropped.
 
 mod common;
 
@@ -18,6 +19,7 @@ use vm_memory::ByteValued;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use common::*;
+use virtio_fs_dax::channel::Error as ChannelError;
 use virtio_fs_dax::protocol::{standard, FLAG_NEED_REPLY, VERSION};
 use virtio_fs_dax::{BackendChannel, DaxWindow};
 
@@ -177,4 +179,63 @@ fn a_spawned_process_inherits_nothing_of_a_channel_driven_by_handle_one() {
     assert_not_inherited(&fds);
     drop(channel);
     assert!(!holds(&name));
+}
+
+#[test]
+fn a_failed_channel_closes_the_descriptors_of_its_unfinished_message_at_once() {
+    let _g = serial();
+
+    // Driven by handle_one: the channel object outlives the failure.
+    let (file, name) = memfd(2 * MIB, |_| 1);
+    let window = Arc::new(DaxWindow::new(8 * MIB).unwrap());
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut channel = BackendChannel::builder(ours).window(window.clone()).build();
+    send_half_message(&theirs, file);
+    assert!(!holds(&name), "in the socket, not yet received");
+    assert_eq!(channel.handle_one().unwrap(), None, "half a message");
+    assert!(
+        holds(&name),
+        "the channel keeps what it received until the message is whole"
+    );
+    drop(theirs);
+    match channel.handle_one() {
+        Err(ChannelError::Truncated {
+            got: 20,
+            expected: 40,
+        }) => {}
+        other => panic!("expected Truncated {{ got: 20, expected: 40 }}, got {other:?}"),
+    }
+    assert!(
+        !holds(&name),
+        "the failed channel still holds a descriptor of the unfinished message"
+    );
+    // Still failed, still holding nothing, and still alive until here.
+    assert!(channel.handle_one().is_err());
+    assert!(!holds(&name));
+    drop(channel);
+
+    // On its own thread: the `ChannelThread` outlives the failure.
+    let (file, name) = memfd(2 * MIB, |_| 1);
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let thread = BackendChannel::builder(ours)
+        .window(window.clone())
+        .build()
+        .spawn()
+        .unwrap();
+    send_half_message(&theirs, file);
+    wait_received(&name);
+    drop(theirs);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !thread.is_finished() {
+        assert!(Instant::now() < deadline, "the thread did not end");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!holds(&name), "the ended thread still holds a descriptor");
+    assert!(matches!(
+        thread.join(),
+        Err(ChannelError::Truncated {
+            got: 20,
+            expected: 40
+        })
+    ));
 }

@@ -38,6 +38,9 @@
 //! built before a [`DaxWindow::reset`](crate::DaxWindow::reset) refuses every request with
 //! `ESTALE`.
 //!
+//! The descriptors of a message the backend left unfinished are closed as soon as the channel
+//! fails, not when it is dropped.
+//!
 //! The thread needs these syscalls (for seccomp filters): [`SYSCALLS`].
 //!
 //! # Descriptors
@@ -212,6 +215,7 @@ impl BackendChannel {
     pub fn handle_one(&mut self) -> Result<Option<Outcome>> {
         let res = self.handle_ready();
         if let Err(e) = &res {
+            self.reader.abandon();
             self.end_lease(e);
         }
         res

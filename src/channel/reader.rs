@@ -98,6 +98,14 @@ impl Reader {
         matches!(self.stage, Stage::Header) && self.got == 0 && self.fds.count() == 0
     }
 
+    /// Gives up the message in progress when the channel has failed: its descriptors are
+    /// closed now, not when the channel is dropped.
+    pub(super) fn abandon(&mut self) {
+        self.fds = Fds::default();
+        self.stage = Stage::Header;
+        self.got = 0;
+    }
+
     /// The finished message; the reader starts on the next one.
     fn finish(&mut self) -> Message {
         let msg = Message {
