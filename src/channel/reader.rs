@@ -29,19 +29,34 @@ const KEPT_FDS: usize = 4;
 pub(super) struct Fds {
     pub(super) kept: Vec<File>,
     dropped: usize,
+    /// The kernel dropped some of the message's descriptors (`MSG_CTRUNC`): the message is
+    /// refused, and whatever descriptors did come are closed as they arrive.
+    lost: bool,
 }
 
 impl Fds {
     fn take(&mut self, file: File) {
-        if self.kept.len() < KEPT_FDS {
+        if self.kept.len() < KEPT_FDS && !self.lost {
             self.kept.push(file);
         } else {
             self.dropped += 1;
         }
     }
 
+    /// Marks the message's descriptors lost and closes the ones kept so far.
+    fn lose(&mut self) {
+        self.lost = true;
+        self.dropped += self.kept.len();
+        self.kept.clear();
+    }
+
     pub(super) fn count(&self) -> usize {
         self.kept.len() + self.dropped
+    }
+
+    /// Whether the kernel dropped some of the message's descriptors.
+    pub(super) fn lost(&self) -> bool {
+        self.lost
     }
 }
 
@@ -95,7 +110,10 @@ impl std::fmt::Debug for Reader {
 impl Reader {
     /// Whether the stream stands between two messages.
     fn idle(&self) -> bool {
-        matches!(self.stage, Stage::Header) && self.got == 0 && self.fds.count() == 0
+        matches!(self.stage, Stage::Header)
+            && self.got == 0
+            && self.fds.count() == 0
+            && !self.fds.lost
     }
 
     /// Gives up the message in progress when the channel has failed: its descriptors are
@@ -123,7 +141,13 @@ impl BackendChannel {
     /// Receives into `buf` without blocking, taking ownership of the descriptors that came along.
     ///
     /// The descriptors are close-on-exec from the moment they are installed
-    /// (`MSG_CMSG_CLOEXEC`), so a process the VMM spawns meanwhile inherits none of them.
+    /// (`MSG_CMSG_CLOEXEC`), so a process the VMM spawns meanwhile inherits none of them. When
+    /// the kernel could not install them all (the process is at its `RLIMIT_NOFILE`), it drops the
+    /// rest and sets `MSG_CTRUNC`; the bytes still come, so the stream stays in sync: the message
+    /// is marked ([`Fds::lost`]) and refused once whole. The control buffer holds `MAX_FDS`
+    /// (`SCM_MAX_FD`) descriptors, the most one `sendmsg` can carry, and a unix stream socket
+    /// never hands out the descriptors of two sends in one `recvmsg`, so a truncation never
+    /// comes from the buffer being too small.
     fn recv_part(sock: &UnixStream, buf: &mut [u8], fds: &mut Fds) -> Result<Recv> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         loop {
@@ -147,9 +171,7 @@ impl BackendChannel {
                         }
                     }
                     if msg.flags.contains(ReturnFlags::CTRUNC) {
-                        // Descriptors were dropped and the bytes are consumed: the stream can
-                        // no longer be trusted.
-                        return Err(Error::Recv(io::Error::from_raw_os_error(libc::ENOBUFS)));
+                        fds.lose();
                     }
                     return Ok(Recv::Bytes(msg.bytes));
                 }
