@@ -86,11 +86,13 @@ pub enum Refusal {
     Limit,
     /// The request came from a session that has ended (its window generation is over).
     Stale,
+    /// The kernel dropped the message's descriptors: the process was at its descriptor limit.
+    FdsLost,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::Header,
         Refusal::Size,
         Refusal::Unsupported,
@@ -107,6 +109,7 @@ impl Refusal {
         Refusal::Syscall,
         Refusal::Limit,
         Refusal::Stale,
+        Refusal::FdsLost,
     ];
 
     /// The reason's stable snake_case name (`"out_of_window"`), as [`std::fmt::Display`] prints it.
@@ -128,6 +131,7 @@ impl Refusal {
             Refusal::Syscall => "syscall",
             Refusal::Limit => "limit",
             Refusal::Stale => "stale",
+            Refusal::FdsLost => "fds_lost",
         }
     }
 
@@ -151,6 +155,7 @@ impl Refusal {
             Refusal::Syscall => "refusals_syscall",
             Refusal::Limit => "refusals_limit",
             Refusal::Stale => "refusals_stale",
+            Refusal::FdsLost => "refusals_fds_lost",
         }
     }
 }

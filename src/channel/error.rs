@@ -31,6 +31,11 @@ pub enum RequestError {
     /// The IO path refused or failed.
     #[error(transparent)]
     Io(#[from] crate::io::Error),
+    /// The kernel dropped descriptors sent with the message (`MSG_CTRUNC`) because this process
+    /// could not take them: it is at its descriptor limit (`RLIMIT_NOFILE`). The message was read
+    /// whole and the descriptors that did come are closed.
+    #[error("the descriptors sent with the message were dropped: this process is at its descriptor limit")]
+    FdsLost,
 }
 
 impl RequestError {
@@ -52,6 +57,10 @@ impl RequestError {
             RequestError::UnknownShmid { .. } => libc::ENXIO,
             RequestError::Window(e) => e.errno(),
             RequestError::Io(e) => e.errno(),
+            // The descriptors were dropped when the kernel could not give them a slot in this
+            // process's table, which is what EMFILE means; ENFILE would blame the system-wide
+            // file table, which received files (they exist already) do not touch.
+            RequestError::FdsLost => libc::EMFILE,
         }
     }
 
@@ -97,6 +106,7 @@ impl RequestError {
                 }
                 crate::io::Error::Transfer { .. } => Refusal::Syscall,
             },
+            RequestError::FdsLost => Refusal::FdsLost,
         }
     }
 }

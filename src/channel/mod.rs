@@ -38,7 +38,19 @@
 //! built before a [`DaxWindow::reset`](crate::DaxWindow::reset) refuses every request with
 //! `ESTALE`.
 //!
+//! The descriptors of a message the backend left unfinished are closed as soon as the channel
+//! fails, not when it is dropped.
+//!
 //! The thread needs these syscalls (for seccomp filters): [`SYSCALLS`].
+//!
+//! # Descriptors
+//!
+//! Every descriptor the channel receives or makes is close-on-exec from the moment it exists
+//! (`MSG_CMSG_CLOEXEC` on `recvmsg`, `EFD_CLOEXEC`, `EPOLL_CLOEXEC`), so a process the VMM
+//! spawns inherits none of them. When the VMM is at its descriptor limit (`RLIMIT_NOFILE`), the
+//! kernel drops the descriptors a message carries (`MSG_CTRUNC`); that message is still read
+//! whole, the descriptors that did come are closed, and it is refused with `EMFILE`
+//! ([`RequestError::FdsLost`]) like any refusal: the channel serves the next one.
 //!
 //! # The thread, as a VMM wants it
 //!
@@ -209,6 +221,7 @@ impl BackendChannel {
     pub fn handle_one(&mut self) -> Result<Option<Outcome>> {
         let res = self.handle_ready();
         if let Err(e) = &res {
+            self.reader.abandon();
             self.end_lease(e);
         }
         res
@@ -266,8 +279,15 @@ impl BackendChannel {
         let need_reply = msg.raw.flags & FLAG_NEED_REPLY != 0;
         let mut is_map = false;
         let result = Header::parse(&msg.raw)
-            .and_then(|h| decode_body(self.dialect, &h, &msg.body, msg.fds.count()))
             .map_err(RequestError::from)
+            .and_then(|h| {
+                // Without all its descriptors the fd count is unknown: refused right after the
+                // header, before anything that counts them.
+                if msg.fds.lost() {
+                    return Err(RequestError::FdsLost);
+                }
+                decode_body(self.dialect, &h, &msg.body, msg.fds.count()).map_err(Into::into)
+            })
             .and_then(|req| {
                 is_map = matches!(req, Request::ShmemMap { .. } | Request::FsMap(_));
                 self.execute(req, &msg.fds.kept)

@@ -5,12 +5,13 @@
 //! calls until a message is whole.
 
 use std::fs::File;
-use std::io;
-use std::os::fd::{FromRawFd, RawFd};
+use std::io::{self, IoSliceMut};
+use std::mem::MaybeUninit;
 use std::os::unix::net::UnixStream;
 
+use rustix::io::Errno;
+use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 use vm_memory::ByteValued;
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::{BackendChannel, Error, Result};
 use crate::protocol::{RawHeader, HEADER_SIZE, MAX_BODY_SIZE, MAX_FDS};
@@ -28,19 +29,34 @@ const KEPT_FDS: usize = 4;
 pub(super) struct Fds {
     pub(super) kept: Vec<File>,
     dropped: usize,
+    /// The kernel dropped some of the message's descriptors (`MSG_CTRUNC`): the message is
+    /// refused, and whatever descriptors did come are closed as they arrive.
+    lost: bool,
 }
 
 impl Fds {
     fn take(&mut self, file: File) {
-        if self.kept.len() < KEPT_FDS {
+        if self.kept.len() < KEPT_FDS && !self.lost {
             self.kept.push(file);
         } else {
             self.dropped += 1;
         }
     }
 
+    /// Marks the message's descriptors lost and closes the ones kept so far.
+    fn lose(&mut self) {
+        self.lost = true;
+        self.dropped += self.kept.len();
+        self.kept.clear();
+    }
+
     pub(super) fn count(&self) -> usize {
         self.kept.len() + self.dropped
+    }
+
+    /// Whether the kernel dropped some of the message's descriptors.
+    pub(super) fn lost(&self) -> bool {
+        self.lost
     }
 }
 
@@ -94,7 +110,18 @@ impl std::fmt::Debug for Reader {
 impl Reader {
     /// Whether the stream stands between two messages.
     fn idle(&self) -> bool {
-        matches!(self.stage, Stage::Header) && self.got == 0 && self.fds.count() == 0
+        matches!(self.stage, Stage::Header)
+            && self.got == 0
+            && self.fds.count() == 0
+            && !self.fds.lost
+    }
+
+    /// Gives up the message in progress when the channel has failed: its descriptors are
+    /// closed now, not when the channel is dropped.
+    pub(super) fn abandon(&mut self) {
+        self.fds = Fds::default();
+        self.stage = Stage::Header;
+        self.got = 0;
     }
 
     /// The finished message; the reader starts on the next one.
@@ -112,30 +139,47 @@ impl Reader {
 
 impl BackendChannel {
     /// Receives into `buf` without blocking, taking ownership of the descriptors that came along.
+    ///
+    /// The descriptors are close-on-exec from the moment they are installed
+    /// (`MSG_CMSG_CLOEXEC`), so a process the VMM spawns meanwhile inherits none of them. When
+    /// the kernel could not install them all (the process is at its `RLIMIT_NOFILE`), it drops the
+    /// rest and sets `MSG_CTRUNC`; the bytes still come, so the stream stays in sync: the message
+    /// is marked ([`Fds::lost`]) and refused once whole. The control buffer holds `MAX_FDS`
+    /// (`SCM_MAX_FD`) descriptors, the most one `sendmsg` can carry, and a unix stream socket
+    /// never hands out the descriptors of two sends in one `recvmsg`, so a truncation never
+    /// comes from the buffer being too small.
     fn recv_part(sock: &UnixStream, buf: &mut [u8], fds: &mut Fds) -> Result<Recv> {
-        let mut raw = [-1 as RawFd; MAX_FDS];
-        let mut iov = [libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        }];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         loop {
-            // SAFETY: the iovec points at `buf`, an exclusive borrow of `buf.len()` bytes that may
-            // hold any bytes.
-            let res = unsafe { sock.recv_with_fds(&mut iov, &mut raw) };
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let mut iov = [IoSliceMut::new(buf)];
+            let res = recvmsg(
+                sock,
+                &mut iov,
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+            );
             match res {
-                Ok((n, nfds)) => {
-                    for &fd in raw.iter().take(nfds) {
-                        // SAFETY: recvmsg installed `nfds` new descriptors in our table for us
-                        // alone; each is wrapped exactly once, so it is closed exactly once.
-                        fds.take(unsafe { File::from_raw_fd(fd) });
+                Ok(msg) => {
+                    // Each received descriptor is an `OwnedFd`: closed exactly once, here or
+                    // when the message is done with.
+                    for cmsg in control.drain() {
+                        if let RecvAncillaryMessage::ScmRights(received) = cmsg {
+                            for fd in received {
+                                fds.take(File::from(fd));
+                            }
+                        }
                     }
-                    return Ok(Recv::Bytes(n));
+                    if msg.flags.contains(ReturnFlags::CTRUNC) {
+                        fds.lose();
+                    }
+                    return Ok(Recv::Bytes(msg.bytes));
                 }
-                Err(e) if e.errno() == libc::EINTR => continue,
-                Err(e) if e.errno() == libc::EAGAIN => return Ok(Recv::WouldBlock),
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return Ok(Recv::WouldBlock),
                 // The backend closed its end with replies unread: an end of stream like any.
-                Err(e) if e.errno() == libc::ECONNRESET => return Ok(Recv::Bytes(0)),
-                Err(e) => return Err(Error::Recv(io::Error::from_raw_os_error(e.errno()))),
+                Err(Errno::CONNRESET) => return Ok(Recv::Bytes(0)),
+                Err(e) => return Err(Error::Recv(io::Error::from(e))),
             }
         }
     }

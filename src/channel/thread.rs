@@ -75,7 +75,10 @@ impl BackendChannel {
         ) -> io::Result<JoinHandle<Result<()>>>,
     ) -> Result<ChannelThread> {
         self.ensure_nonblocking()?;
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Thread)?;
+        // Every descriptor made here is close-on-exec from its creation, so a process the VMM
+        // spawns inherits none: the eventfds by EFD_CLOEXEC, the epoll by EPOLL_CLOEXEC
+        // (`Epoll::new`), the clones by F_DUPFD_CLOEXEC (`try_clone`).
+        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::Thread)?;
         let stop_thread = stop.try_clone().map_err(Error::Thread)?;
         let sock = self.sock.try_clone().map_err(Error::Thread)?;
         let epoll = Epoll::new().map_err(Error::Thread)?;
@@ -85,7 +88,7 @@ impl BackendChannel {
                 ..PauseState::default()
             }),
             cv: Condvar::new(),
-            wake: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Thread)?,
+            wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::Thread)?,
         });
         for (fd, data) in [
             (self.sock.as_raw_fd(), EV_SOCK),

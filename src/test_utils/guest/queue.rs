@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use super::{GuestError, Result};
 use crate::device::ActivateQueue;
@@ -77,8 +77,8 @@ impl SplitQueueDriver {
             desc,
             avail,
             used,
-            kick: EventFd::new(EFD_NONBLOCK)?,
-            call: EventFd::new(EFD_NONBLOCK)?,
+            kick: EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?,
+            call: EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?,
             free: (0..size).rev().collect(),
             chains: vec![None; usize::from(size)],
             next_avail: 0,
