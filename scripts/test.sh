@@ -60,6 +60,8 @@ step "tests"
 # `cargo test` would skip them, so both runs name their features.
 cargo test --features test-utils
 cargo test --all-features
+# The syscall list without `mem-rw` too (it leaves out what only MEM_READ / MEM_WRITE need).
+cargo test --features test-utils,seccompiler --test seccomp
 (cd peers/dax-backend && cargo test --release --locked)
 
 step "demo (the README's first command, fewer latency rounds)"
