@@ -60,6 +60,8 @@ step "tests"
 # `cargo test` would skip them, so both runs name their features.
 cargo test --features test-utils
 cargo test --all-features
+# The syscall filter without `mem-rw` too: FS_IO alone needs everything the list names.
+cargo test --features test-utils,seccompiler --test seccomp
 (cd peers/dax-backend && cargo test --release --locked)
 
 step "demo (the README's first command, fewer latency rounds)"

@@ -41,7 +41,9 @@
 //! The descriptors of a message the backend left unfinished are closed as soon as the channel
 //! fails, not when it is dropped.
 //!
-//! The thread needs these syscalls (for seccomp filters): [`SYSCALLS`].
+//! The thread's syscalls, for the seccomp filter a VMM installs on it: [`SYSCALLS`], each with
+//! its number and what it is for; with feature `seccompiler`, `seccomp_rules` gives them as
+//! `seccompiler` rules.
 //!
 //! # Descriptors
 //!
@@ -57,12 +59,12 @@
 //! - **Name and start hook.** [`BackendChannelBuilder::thread_name`] names the thread (Linux
 //!   keeps the first 15 bytes), and [`BackendChannelBuilder::on_thread_start`] runs a
 //!   [`ThreadHook`] on the new thread before it reads anything from the backend: the place for a
-//!   seccomp filter (built from [`SYSCALLS`]), CPU affinity or scheduling policy.
-//!   [`BackendChannel::spawn`] waits for the hook and returns its outcome: when it fails, the
-//!   thread ends without serving, everything the channel held is closed, and `spawn` fails
-//!   with [`Error::ThreadStart`], so a VMM knows its filter is in place before the backend can
-//!   send a byte. Cloud-hypervisor's `spawn_virtio_thread` does the same for its device threads,
-//!   but only logs a failed filter.
+//!   seccomp filter (built from [`SYSCALLS`] or `seccomp_rules`), CPU affinity or scheduling
+//!   policy. [`BackendChannel::spawn`] waits for the hook and returns its outcome: when it
+//!   fails, the thread ends without serving, everything the channel held is closed, and `spawn`
+//!   fails with [`Error::ThreadStart`], so a VMM knows its filter is in place before the backend
+//!   can send a byte. Cloud-hypervisor's `spawn_virtio_thread` does the same for its device
+//!   threads, but only logs a failed filter.
 //! - **Pause and resume**, for snapshot and migration: [`ChannelThread::pause`] returns once the
 //!   thread is parked between two messages (nothing half served: a message partly received
 //!   stays partly received, nothing of it is executed), bounded by a timeout
@@ -98,11 +100,32 @@
 mod builder;
 mod error;
 mod reader;
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
+mod syscalls;
 mod thread;
 
 pub use builder::BackendChannelBuilder;
 pub use error::{Error, RequestError, Result};
 pub use reader::DRAIN_BUDGET;
+#[cfg(all(
+    feature = "seccompiler",
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
+))]
+pub use syscalls::seccomp_rules;
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
+pub use syscalls::{Syscall, SYSCALLS};
 pub use thread::{
     ChannelThread, HookError, ThreadHook, DEFAULT_PAUSE_TIMEOUT, DEFAULT_STOP_TIMEOUT,
 };
@@ -127,30 +150,6 @@ use crate::protocol::{
 use crate::window::{self, Policy, WindowLease};
 use builder::ThreadConfig;
 use reader::{Message, Reader};
-
-/// Syscalls the channel thread makes, for VMMs that install seccomp filters on it.
-pub const SYSCALLS: &[&str] = &[
-    "recvmsg",
-    "sendmsg",
-    "mmap",
-    "munmap",
-    "msync",
-    "pread64",
-    "pwrite64",
-    "process_vm_readv",
-    "process_vm_writev",
-    "getpid",
-    "close",
-    "epoll_wait",
-    "epoll_pwait",
-    "read",
-    "write",
-    "futex",
-    "shutdown",
-    "poll",
-    "ppoll",
-    "fcntl",
-];
 
 /// Shared memory region id of the virtio-fs cache window (`VIRTIO_FS_SHMCAP_ID_CACHE`).
 pub const SHMID_CACHE: u8 = 0;

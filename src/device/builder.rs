@@ -145,10 +145,11 @@ impl FsBuilder {
     }
 
     /// A hook run on the backend channel thread of every session before it serves anything:
-    /// install the VMM's seccomp filter for it ([`crate::channel::SYSCALLS`]), set its CPU
-    /// affinity. When it fails, the session does not start: activation (or reconnect) fails
-    /// with [`crate::channel::Error::ThreadStart`] inside
-    /// [`crate::frontend::Error::ChannelThread`]. Default: none.
+    /// install the VMM's seccomp filter for it ([`crate::channel::SYSCALLS`], or with feature
+    /// `seccompiler` `crate::channel::seccomp_rules`), set its CPU affinity. When it fails,
+    /// the session does not start: activation (or reconnect) fails with
+    /// [`crate::channel::Error::ThreadStart`] inside [`crate::frontend::Error::ChannelThread`].
+    /// Default: none.
     pub fn on_channel_thread(mut self, hook: ThreadHook) -> Self {
         self.channel_thread_hook = Some(hook);
         self

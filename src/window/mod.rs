@@ -268,6 +268,13 @@ pub struct DaxWindow {
     metrics: Arc<FsMetrics>,
 }
 
+// The window is shared between the VMM's threads and the channel thread: it must stay Send and
+// Sync through its own fields (the reservation is plain addresses), with no `unsafe impl`.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<DaxWindow>();
+};
+
 fn page_size() -> u64 {
     reservation::page_size() as u64
 }

@@ -119,12 +119,6 @@ impl HandedIn {
     }
 }
 
-// SAFETY: a Reservation is an address range; all access goes through syscalls that the kernel
-// serialises, and the struct holds no reference into the range.
-unsafe impl Send for Reservation {}
-// SAFETY: as for Send: &Reservation only issues syscalls over the range.
-unsafe impl Sync for Reservation {}
-
 fn check(ret: libc::c_int) -> io::Result<()> {
     if ret == 0 {
         Ok(())
