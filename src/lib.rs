@@ -133,6 +133,7 @@ pub mod io;
 pub mod memory;
 pub mod metrics;
 pub mod protocol;
+mod ring;
 #[cfg(feature = "test-utils")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]
 pub mod test_utils;

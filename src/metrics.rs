@@ -15,6 +15,9 @@
 //! | `requests` | messages received on the backend channel, refused ones included |
 //! | `sessions_without_dax` | sessions started without DAX while the guest sees the window (`DaxFallback::Disable`): it stays empty |
 //! | `driver_mistakes` | the guest driver's misuse of the device: writes to the read-only configuration space, acks of features not offered (logged the first few times only) |
+//! | `inflight_failed` | requests a lost backend left in flight that the device returned to the guest itself at a reconnect (no inflight region): with `EIO`, or without reply |
+//! | `inflight_malformed` | of those, the ones whose chain was malformed or whose buffers could not take the reply: returned with length 0 |
+//! | `inflight_stale` | chains in the window of requests in flight that the backend had already completed (out of order) and that were left alone |
 //! | `refusals_<reason>` | messages refused, by [`Refusal`] reason ([`FsMetrics::refusals`]) |
 //! | `map_latency_count` | map requests timed in `map_latency()`: the time from a map request's arrival to its reply ([`LatencyHistogram`]) |
 //!
@@ -179,6 +182,9 @@ pub struct FsMetrics {
     pub(crate) requests: AtomicU64,
     pub(crate) sessions_without_dax: AtomicU64,
     pub(crate) driver_mistakes: AtomicU64,
+    pub(crate) inflight_failed: AtomicU64,
+    pub(crate) inflight_malformed: AtomicU64,
+    pub(crate) inflight_stale: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
     map_latency: LatencyHistogram,
 }
@@ -231,6 +237,21 @@ impl FsMetrics {
     pub fn driver_mistakes(&self) -> u64 {
         self.driver_mistakes.load(Relaxed)
     }
+    /// Requests in flight the device returned to the guest itself at a reconnect, because the
+    /// lost backend kept no inflight region (see [`crate::Fs::reconnect`]).
+    pub fn inflight_failed(&self) -> u64 {
+        self.inflight_failed.load(Relaxed)
+    }
+    /// Of [`FsMetrics::inflight_failed`], the chains returned with length 0 because they were
+    /// malformed or their buffers could not take the reply.
+    pub fn inflight_malformed(&self) -> u64 {
+        self.inflight_malformed.load(Relaxed)
+    }
+    /// Chains among those in flight that the backend had already completed out of order, left
+    /// alone at a reconnect.
+    pub fn inflight_stale(&self) -> u64 {
+        self.inflight_stale.load(Relaxed)
+    }
     /// Refusals for `reason`.
     pub fn refusals(&self, reason: Refusal) -> u64 {
         self.refusals[reason as usize].load(Relaxed)
@@ -259,6 +280,9 @@ impl FsMetrics {
             ("requests", self.requests()),
             ("sessions_without_dax", self.sessions_without_dax()),
             ("driver_mistakes", self.driver_mistakes()),
+            ("inflight_failed", self.inflight_failed()),
+            ("inflight_malformed", self.inflight_malformed()),
+            ("inflight_stale", self.inflight_stale()),
             ("map_latency_count", self.map_latency.count()),
         ];
         out.extend(
@@ -389,7 +413,7 @@ mod tests {
         let names: Vec<&str> = m.counters().iter().map(|(n, _)| *n).collect();
         let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
-        assert_eq!(names.len(), 11 + Refusal::ALL.len());
+        assert_eq!(names.len(), 14 + Refusal::ALL.len());
         for n in &names {
             assert!(
                 n.chars()

@@ -129,6 +129,7 @@
 mod builder;
 mod control;
 mod error;
+mod inflight;
 mod interrupt;
 mod queue;
 mod shm;
@@ -147,12 +148,15 @@ use std::sync::Arc;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::frontend::{self, Connection, DaxFallback, Session, SessionConfig, VringSetup};
+use crate::frontend::{
+    self, Connection, DaxFallback, InflightRegion, Session, SessionConfig, VringSetup,
+};
 use crate::io::IoSpace;
 use crate::memory::{MemoryManager, WindowRegion};
 use crate::metrics::FsMetrics;
+use crate::ring::{OutOfMemory, SplitRing};
 
 use crate::transport::{self, VirtioFsConfig, VIRTIO_FS_SHMCAP_ID_CACHE, VIRTIO_ID_FS};
 use crate::window::DaxWindow;
@@ -178,7 +182,12 @@ trait ActiveMemory: Send + Sync {
     /// ([`frontend::check_guest_input`]).
     fn check(&self, vrings: &[VringSetup<'_>]) -> frontend::Result<()>;
 
+    /// Returns the requests in flight on `queue` to the guest with `EIO`
+    /// ([`inflight::fail_in_flight`]).
+    fn fail_in_flight(&self, queue: &Queue) -> std::result::Result<inflight::Failed, OutOfMemory>;
+
     /// Starts a session over this memory ([`Session::start`]).
+    #[allow(clippy::too_many_arguments)]
     fn start_session(
         &self,
         conn: Connection,
@@ -187,6 +196,7 @@ trait ActiveMemory: Send + Sync {
         vrings: &[VringSetup<'_>],
         window: Option<&Arc<DaxWindow>>,
         io: &Arc<IoSpace>,
+        inflight: &mut Option<InflightRegion>,
     ) -> frontend::Result<Session>;
 }
 
@@ -202,6 +212,16 @@ impl<B: Bitmap + Send + Sync + 'static> ActiveMemory for GuestMemoryAtomic<Guest
         frontend::check_guest_input(&self.memory(), vrings)
     }
 
+    fn fail_in_flight(&self, queue: &Queue) -> std::result::Result<inflight::Failed, OutOfMemory> {
+        let ring = SplitRing {
+            desc: GuestAddress(queue.desc_table()),
+            avail: GuestAddress(queue.avail_ring()),
+            used: GuestAddress(queue.used_ring()),
+            size: queue.size(),
+        };
+        inflight::fail_in_flight(&*self.memory(), &ring, libc::EIO)
+    }
+
     fn start_session(
         &self,
         conn: Connection,
@@ -210,9 +230,108 @@ impl<B: Bitmap + Send + Sync + 'static> ActiveMemory for GuestMemoryAtomic<Guest
         vrings: &[VringSetup<'_>],
         window: Option<&Arc<DaxWindow>>,
         io: &Arc<IoSpace>,
+        inflight: &mut Option<InflightRegion>,
     ) -> frontend::Result<Session> {
-        Session::start(conn, cfg, acked, &self.memory(), vrings, window, io)
+        Session::start(
+            conn,
+            cfg,
+            acked,
+            &self.memory(),
+            vrings,
+            window,
+            io,
+            inflight,
+        )
     }
+}
+
+/// The queues as a session hands them to the backend, each starting at `bases[i]`.
+fn vring_setups<'a>(queues: &'a [ActivateQueue], bases: &[u16]) -> Vec<VringSetup<'a>> {
+    queues
+        .iter()
+        .zip(bases)
+        .map(|(q, &base)| VringSetup {
+            index: q.index,
+            size: q.queue.size(),
+            desc_table: q.queue.desc_table(),
+            avail_ring: q.queue.avail_ring(),
+            used_ring: q.queue.used_ring(),
+            base,
+            kick: &q.kick,
+            call: &q.call,
+        })
+        .collect()
+}
+
+/// Where a restarted backend starts on each queue, once the requests the lost backend left in
+/// flight are dealt with.
+///
+/// - The lost backend kept an inflight region and the new one offers `INFLIGHT_SHMFD`: the
+///   session hands it the region, the backend resubmits what the region says is in flight and
+///   goes on after it; the base is the used index, as QEMU sends it (libvhost-user and DPDK
+///   start at the used index plus the requests they resubmit).
+/// - Otherwise: every chain between the used and the available index is returned to the guest
+///   with `EIO` ([`inflight`]), the driver is signalled on the queue's call eventfd, and the
+///   backend starts at the available index. The region, if any, goes: it describes requests that
+///   were just failed.
+fn resume_bases(
+    name: &str,
+    metrics: &FsMetrics,
+    mem: &dyn ActiveMemory,
+    queues: &[ActivateQueue],
+    region: &mut Option<InflightRegion>,
+    conn: &Connection,
+) -> Vec<u16> {
+    let offered = conn
+        .backend_protocol_features()
+        .is_some_and(|p| p.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD));
+    if offered && region.is_some() {
+        log::info!("{name}: the backend resubmits the requests in flight (inflight region)");
+        return queues
+            .iter()
+            .map(|q| mem.used_idx(&q.queue).unwrap_or(q.queue.next_avail()))
+            .collect();
+    }
+    *region = None;
+    let (mut failed, mut malformed, mut stale, mut broken) = (0, 0, 0, 0);
+    let bases = queues
+        .iter()
+        .map(|q| {
+            if !q.queue.ready() {
+                // A queue the driver never enabled has no requests (and maybe no rings).
+                return q.queue.next_avail();
+            }
+            match mem.fail_in_flight(&q.queue) {
+                Ok(f) => {
+                    if f.failed > 0 {
+                        if let Err(e) = q.call.write(1) {
+                            log::debug!("{name}: signalling queue {}: {e}", q.index);
+                        }
+                    }
+                    failed += f.failed;
+                    malformed += f.malformed;
+                    stale += f.stale;
+                    broken += u64::from(f.inconsistent);
+                    f.next_avail
+                }
+                Err(OutOfMemory) => {
+                    broken += 1;
+                    q.queue.next_avail()
+                }
+            }
+        })
+        .collect();
+    FsMetrics::add(&metrics.inflight_failed, failed);
+    FsMetrics::add(&metrics.inflight_malformed, malformed);
+    FsMetrics::add(&metrics.inflight_stale, stale);
+    if failed + stale + broken > 0 {
+        log::warn!(
+            "{name}: the lost backend kept no inflight region: {failed} requests in flight \
+             returned to the guest with EIO ({malformed} malformed), {stale} it had completed \
+             out of order left alone, {broken} queues with inconsistent rings left alone"
+        );
+    }
+    bases
 }
 
 struct Active {
@@ -220,6 +339,9 @@ struct Active {
     interrupt: Arc<dyn VirtioInterrupt>,
     queues: Vec<ActivateQueue>,
     io: Arc<IoSpace>,
+    /// The backend's inflight region (`INFLIGHT_SHMFD`), kept across its restarts; discarded
+    /// with the activation.
+    inflight: Option<InflightRegion>,
 }
 
 /// The virtio-fs device. See the module documentation for how a VMM wires it.
@@ -429,8 +551,34 @@ impl Fs {
     }
 
     /// Drops the session with a dead backend and sets up a new one with a (restarted) backend:
-    /// renegotiates, resends the memory table, the vrings (starting where the used rings are) and
-    /// a fresh backend channel. Every mapping is dropped first: the new backend inherits none.
+    /// renegotiates, resends the memory table, the vrings and a fresh backend channel. Every
+    /// mapping is dropped first: the new backend inherits none.
+    ///
+    /// The requests the lost backend left in flight (taken from the available ring and not
+    /// completed, or not read at all) are neither replayed nor left waiting:
+    ///
+    /// - When the backend offers `INFLIGHT_SHMFD`, the first session of the activation got its
+    ///   inflight region ([`InflightRegion`]) and the device keeps it: the restarted backend
+    ///   gets the same region (`SET_INFLIGHT_FD`, before the vrings) and each vring base at the
+    ///   used index, and it resubmits what the region says is in flight, each once; what was
+    ///   completed is not.
+    /// - Otherwise (virtiofsd 1.14 and `peers/dax-backend` do not offer it, or the new backend
+    ///   does not), the device returns every chain between the used and the available index of
+    ///   each queue to the guest itself, before the new backend sees the rings: a FUSE reply
+    ///   with `EIO` and the request's `unique`, or length 0 for a request without reply
+    ///   (`FORGET`) or a malformed chain; then it signals the queue's call eventfd and starts the
+    ///   backend at the available index. A request the lost backend never read fails too (the
+    ///   rings cannot tell it from one it executed). Counted in [`FsMetrics::inflight_failed`]
+    ///   (and [`FsMetrics::inflight_malformed`]), logged once a reconnect. This relies on the
+    ///   lost backend having completed in the order it took requests (virtiofsd without a thread
+    ///   pool does). One that completed out of order can leave an outstanding request before
+    ///   the used index, which then waits until the device is reset, and have a chain it already
+    ///   completed returned again; the device finds and leaves alone such a chain when the driver
+    ///   already reused its head or a descriptor ([`FsMetrics::inflight_stale`]). A backend that
+    ///   completes out of order should offer `INFLIGHT_SHMFD`.
+    ///
+    /// Call it once the lost backend is gone ([`Fs::check_backend`]): a backend still running
+    /// would complete requests the device returns.
     ///
     /// The guest's driver keeps the shared memory regions it probed, so the window does not
     /// change with the backend:
@@ -471,44 +619,45 @@ impl Fs {
         }
     }
 
-    fn start_session(&mut self, from_used_ring: bool) -> Result<()> {
-        let active = self.active.as_ref().ok_or(Error::NotActivated)?;
-        let vrings: Vec<VringSetup<'_>> = active
-            .queues
-            .iter()
-            .map(|q| VringSetup {
-                index: q.index,
-                size: q.queue.size(),
-                desc_table: q.queue.desc_table(),
-                avail_ring: q.queue.avail_ring(),
-                used_ring: q.queue.used_ring(),
-                base: if from_used_ring {
-                    active
-                        .mem
-                        .used_idx(&q.queue)
-                        .unwrap_or(q.queue.next_avail())
-                } else {
-                    q.queue.next_avail()
-                },
-                kick: &q.kick,
-                call: &q.call,
-            })
-            .collect();
+    /// Starts a session with the connected backend (connecting first if need be). At
+    /// activation every vring starts where the queue is; at a reconnect (`resume`), where
+    /// [`resume_bases`] says once the requests in flight are dealt with.
+    fn start_session(&mut self, resume: bool) -> Result<()> {
+        let Active {
+            mem,
+            queues,
+            io,
+            inflight,
+            ..
+        } = self.active.as_mut().ok_or(Error::NotActivated)?;
+        let mut bases: Vec<u16> = queues.iter().map(|q| q.queue.next_avail()).collect();
         // A bad ring address (the guest's) fails here, before the connection is handed over: the
         // backend stays connected for the next activation.
-        active.mem.check(&vrings).map_err(Error::Session)?;
+        mem.check(&vring_setups(queues, &bases))
+            .map_err(Error::Session)?;
         let conn = match self.conn.take() {
             Some(c) => c,
             None => Connection::open(&self.session_cfg, self.queue_sizes.len() as u64)
                 .map_err(Error::Session)?,
         };
-        let session = active.mem.start_session(
+        if resume {
+            bases = resume_bases(
+                &self.session_cfg.name,
+                &self.metrics,
+                mem.as_ref(),
+                queues,
+                inflight,
+                &conn,
+            );
+        }
+        let session = mem.start_session(
             conn,
             &self.session_cfg,
             self.acked_features,
-            &vrings,
+            &vring_setups(queues, &bases),
             self.window.as_ref(),
-            &active.io,
+            io,
+            inflight,
         );
         match session {
             Ok(session) => {
@@ -684,6 +833,7 @@ impl Fs {
             interrupt,
             queues,
             io,
+            inflight: None,
         });
         if let Err(e) = self.start_session(false) {
             self.active = None;

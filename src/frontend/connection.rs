@@ -15,7 +15,8 @@ use crate::protocol::Dialect;
 
 /// Protocol features this crate asks for when the backend offers them. `SHMEM` is added when the
 /// device has a window and speaks the standard dialect. `CONFIGURE_MEM_SLOTS` is for memory
-/// hotplug (see the module documentation).
+/// hotplug (see the module documentation), `INFLIGHT_SHMFD` for the requests in flight when a
+/// backend restarts ([`InflightRegion`](super::InflightRegion)).
 pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
@@ -24,6 +25,7 @@ pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::RESET_DEVICE
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
 }
 
 /// Protocol features the DAX window needs in `dialect`.

@@ -168,6 +168,20 @@ pub enum Error {
         #[source]
         source: vhost::Error,
     },
+    /// `GET_INFLIGHT_FD` failed.
+    #[error("GET_INFLIGHT_FD failed")]
+    GetInflightFd(#[source] vhost::Error),
+    /// `SET_INFLIGHT_FD` failed.
+    #[error("SET_INFLIGHT_FD failed")]
+    SetInflightFd(#[source] vhost::Error),
+    /// The inflight region's descriptor could not be made close-on-exec.
+    #[error("making the inflight region's descriptor close-on-exec failed")]
+    InflightFd(#[source] io::Error),
+    /// The session was given an inflight region to hand on, and the backend no longer offers
+    /// `INFLIGHT_SHMFD`: without it the requests in flight would be replayed. Reconnect again
+    /// (a device then fails them instead).
+    #[error("the backend no longer offers INFLIGHT_SHMFD for the inflight region")]
+    InflightWithdrawn,
     /// `RESET_DEVICE` failed.
     #[error("RESET_DEVICE failed")]
     ResetDevice(#[source] vhost::Error),

@@ -9,9 +9,11 @@
 //! whether the backend can serve its DAX window before the guest ever sees it); then
 //! [`Session::start`] sends `GET_PROTOCOL_FEATURES` again (the answer it negotiates from),
 //! `SET_PROTOCOL_FEATURES`, (`GET_QUEUE_NUM` when MQ), `SET_FEATURES`, `SET_MEM_TABLE` (guest RAM
-//! only, never the DAX window), per queue `SET_VRING_NUM`, `SET_VRING_ADDR`, `SET_VRING_BASE`,
-//! `SET_VRING_CALL`, `SET_VRING_KICK`, `SET_VRING_ENABLE`, and last `SET_BACKEND_REQ_FD` with the
-//! backend's end of a fresh backend channel.
+//! only, never the DAX window), when the backend offers `INFLIGHT_SHMFD` (`GET_INFLIGHT_FD` at
+//! the first session of an activation, then) `SET_INFLIGHT_FD` ([`InflightRegion`]), per queue
+//! `SET_VRING_NUM`, `SET_VRING_ADDR`, `SET_VRING_BASE`, `SET_VRING_CALL`, `SET_VRING_KICK`,
+//! `SET_VRING_ENABLE`, and last `SET_BACKEND_REQ_FD` with the backend's end of a fresh backend
+//! channel.
 //!
 //! # Memory hotplug
 //!
@@ -32,10 +34,12 @@
 mod connection;
 mod error;
 mod hotplug;
+mod inflight;
 mod session;
 
 pub use connection::{dax_protocol_features, wanted_protocol_features, Connection};
 pub use error::{Error, Result};
+pub use inflight::InflightRegion;
 pub use session::{check_guest_input, mem_table, Session};
 
 use std::path::PathBuf;

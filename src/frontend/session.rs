@@ -17,8 +17,8 @@ use vm_memory::bitmap::Bitmap;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::{
-    dax_protocol_features, wanted_protocol_features, Connection, DaxFallback, Error, Negotiated,
-    Result, SessionConfig, VringSetup, VHOST_USER_F_PROTOCOL_FEATURES,
+    dax_protocol_features, wanted_protocol_features, Connection, DaxFallback, Error,
+    InflightRegion, Negotiated, Result, SessionConfig, VringSetup, VHOST_USER_F_PROTOCOL_FEATURES,
 };
 use crate::channel::{BackendChannel, ChannelThread};
 use crate::io::IoSpace;
@@ -84,6 +84,15 @@ impl Session {
     /// [`DaxFallback::Disable`] starts the session without DAX (`SHMEM` not acked,
     /// [`Negotiated::dax`] false): the backend channel, if any, serves no window and refuses
     /// every map request.
+    ///
+    /// When the backend offers `INFLIGHT_SHMFD` it is acked, and before the vrings the session
+    /// hands the backend `inflight` (`SET_INFLIGHT_FD`), asking for a region first
+    /// (`GET_INFLIGHT_FD`) when `inflight` is `None` and keeping it there: pass the same
+    /// `inflight` to every session of one activation, and the backend of a later session
+    /// resubmits what an earlier one left in flight (see [`InflightRegion`]). A region given to
+    /// a backend that does not offer the feature fails the start with
+    /// [`Error::InflightWithdrawn`].
+    #[allow(clippy::too_many_arguments)]
     pub fn start<B: Bitmap>(
         conn: Connection,
         cfg: &SessionConfig,
@@ -92,6 +101,7 @@ impl Session {
         vrings: &[VringSetup<'_>],
         window: Option<&Arc<DaxWindow>>,
         io: &Arc<IoSpace>,
+        inflight: &mut Option<InflightRegion>,
     ) -> Result<Session> {
         // What the guest and the VMM gave (ring addresses, file-backed memory) is checked before
         // anything is sent: a driver's bad ring address must not cost the backend its session.
@@ -167,6 +177,18 @@ impl Session {
         }
         let table = mem_table(mem)?;
         frontend.set_mem_table(&table).map_err(Error::SetMemTable)?;
+        if protocol.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD) {
+            let region = match inflight.take() {
+                Some(region) => region,
+                None => InflightRegion::get(&mut frontend, vrings)?,
+            };
+            let sent = region.set(&mut frontend);
+            // Kept whatever the answer: a failed SET leaves it for the next session.
+            *inflight = Some(region);
+            sent?;
+        } else if inflight.is_some() {
+            return Err(Error::InflightWithdrawn);
+        }
         for v in vrings {
             setup_vring(&mut frontend, mem, v)?;
         }

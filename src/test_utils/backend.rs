@@ -22,11 +22,17 @@
 //! - [`TestBackendServer::disconnect`] makes the backend die under the frontend, and the next
 //!   connection starts afresh (reconnect tests).
 //!
-//! It moves no data by itself: it never touches the virtqueues, and it holds no kick or call
-//! descriptor (it records that they came and closes them). It keeps the descriptors of its
-//! memory table (`SET_MEM_TABLE`, `ADD_MEM_REG`, `REM_MEM_REG`), so a test can read and write
-//! guest memory as the backend sees it ([`TestBackendServer::read_memory`],
-//! [`TestBackendServer::write_memory`]).
+//! It moves no data by itself: a test takes the requests on a vring with
+//! [`TestBackendServer::pop_requests`], which holds them in flight, and answers each with
+//! [`TestBackendServer::complete`] (used ring, then the call eventfd), in any order; a backend
+//! that dies (or is dropped) with requests held or unread leaves them in flight for the
+//! frontend. With `INFLIGHT_SHMFD` offered ([`TestBackendConfig::protocol_features`]) it hands
+//! out an inflight area of the specification's split-ring layout (`GET_INFLIGHT_FD`), tracks the
+//! requests it takes and completes in the area it is given (`SET_INFLIGHT_FD`), and when a ring
+//! starts it resubmits what the area says is in flight, in the order it was taken
+//! ([`PoppedRequest::resubmitted`]). It keeps the descriptors of its memory table
+//! (`SET_MEM_TABLE`, `ADD_MEM_REG`, `REM_MEM_REG`), so a test can read and write guest memory as
+//! the backend sees it ([`TestBackendServer::read_memory`], [`TestBackendServer::write_memory`]).
 //!
 //! # vhost 0.18 behaviour to know about
 //!
@@ -104,6 +110,10 @@ use vhost::vhost_user::{
     VhostUserVirtioFeatures,
 };
 use vhost::VhostUserMemoryRegionBase;
+use vm_memory::GuestAddress;
+
+use super::vrings::{inflight_queue_region, InflightRecord, PoppedRequest, Vrings};
+use crate::ring::SplitRing;
 
 /// How often the accept loop looks at the stop flag, and [`TestBackendServer::wait_for`] at the
 /// state.
@@ -213,7 +223,8 @@ pub struct VringRecord {
     pub num: Option<u32>,
     /// Ring addresses (`SET_VRING_ADDR`), `None` until sent.
     pub addr: Option<VringAddrRecord>,
-    /// Next available index (`SET_VRING_BASE`); also what `GET_VRING_BASE` answers.
+    /// Next available index the frontend sent (`SET_VRING_BASE`). `GET_VRING_BASE` answers
+    /// it moved past the requests taken since ([`TestBackendServer::pop_requests`]).
     pub base: u32,
     /// Whether the last `SET_VRING_KICK` came with a descriptor (false: none sent, or polling).
     pub kick: bool,
@@ -274,6 +285,12 @@ pub struct TestBackendState {
     pub requests: Vec<&'static str>,
     /// Every refused request or protocol error, as text, in order.
     pub errors: Vec<String>,
+    /// Every request taken from a vring ([`TestBackendServer::pop_requests`]), in order.
+    pub popped: Vec<PoppedRequest>,
+    /// The inflight area the last `GET_INFLIGHT_FD` handed out.
+    pub get_inflight: Option<InflightRecord>,
+    /// The inflight area the last `SET_INFLIGHT_FD` gave.
+    pub set_inflight: Option<InflightRecord>,
     /// The per-connection state of every earlier connection, as it ended (their own `previous`
     /// is empty).
     pub previous: Vec<TestBackendState>,
@@ -299,6 +316,8 @@ pub struct TestBackend {
     shmem_sizes: Vec<u64>,
     /// The memory table's regions with their descriptors.
     memory: Vec<(MemRegionRecord, File)>,
+    /// The vrings as the backend serves them.
+    vrings: Vrings,
 }
 
 impl fmt::Debug for TestBackend {
@@ -321,8 +340,10 @@ impl TestBackend {
             channel: None,
             shmem_sizes: Vec::new(),
             memory: Vec::new(),
+            vrings: Vrings::default(),
         };
         backend.state.vrings = backend.fresh_vrings();
+        backend.vrings = Vrings::new(backend.state.vrings.len());
         backend
     }
 
@@ -361,6 +382,59 @@ impl TestBackend {
     pub fn write_memory(&self, gpa: u64, data: &[u8]) -> io::Result<()> {
         let (file, offset) = self.memory_at(gpa, data.len())?;
         std::os::unix::fs::FileExt::write_all_at(file, data, offset)
+    }
+
+    /// Takes every request now on vring `queue`, and holds each until [`TestBackend::complete`]:
+    /// those resubmitted from the inflight area first, then the available ring's from where the
+    /// ring is. Each is recorded in [`TestBackendState::popped`] and, with an inflight area, in
+    /// flight there. Fails when the ring is not set up (size, addresses, memory table) or the
+    /// guest's ring or a chain is broken.
+    pub fn pop_requests(&mut self, queue: usize) -> io::Result<Vec<PoppedRequest>> {
+        let ring = self.split_ring(queue)?;
+        let popped = self.vrings.pop(queue, &ring, &self.memory)?;
+        self.state.popped.extend(popped.iter().cloned());
+        Ok(popped)
+    }
+
+    /// Completes the request `head` held on vring `queue` with `reply` written to its writable
+    /// buffers (as much as fits): the used ring gets it, the inflight area forgets it, and the
+    /// call eventfd is signalled. Returns the length written.
+    pub fn complete(&mut self, queue: usize, head: u16, reply: &[u8]) -> io::Result<u32> {
+        let ring = self.split_ring(queue)?;
+        self.vrings
+            .complete(queue, &ring, &self.memory, head, reply)
+    }
+
+    /// Vring `queue` at guest physical addresses: the frontend sent its host virtual addresses,
+    /// translated through the memory table.
+    fn split_ring(&self, queue: usize) -> io::Result<SplitRing> {
+        let vring = self.state.vrings.get(queue);
+        let (Some(num), Some(addr)) = (vring.and_then(|v| v.num), vring.and_then(|v| v.addr))
+        else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("vring {queue} is not set up"),
+            ));
+        };
+        let gpa = |va: u64| {
+            self.state
+                .mem_table
+                .iter()
+                .find(|r| va >= r.userspace_addr && va - r.userspace_addr < r.memory_size)
+                .map(|r| GuestAddress(va - r.userspace_addr + r.guest_phys_addr))
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("no memory table region holds address {va:#x}"),
+                    )
+                })
+        };
+        Ok(SplitRing {
+            desc: gpa(addr.desc)?,
+            avail: gpa(addr.avail)?,
+            used: gpa(addr.used)?,
+            size: u16::try_from(num).unwrap_or(0),
+        })
     }
 
     fn memory_at(&self, gpa: u64, len: usize) -> io::Result<(&File, u64)> {
@@ -402,12 +476,15 @@ impl TestBackend {
         };
         self.channel = None;
         self.memory.clear();
+        self.vrings = Vrings::new(self.state.vrings.len());
     }
 
     /// The connection ended: its backend channel fails from now on (in every clone).
     fn end_connection(&mut self) {
         self.state.connected = false;
         self.memory.clear();
+        // A backend that dies forgets the requests it held.
+        self.vrings = Vrings::new(self.state.vrings.len());
         if let Some(channel) = self.channel.take() {
             channel.set_failed(libc::ECONNRESET);
         }
@@ -492,6 +569,7 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
         thread::sleep(self.config.reset_device_delay);
         self.state.reset_device_count += 1;
         self.state.vrings = self.fresh_vrings();
+        self.vrings = Vrings::new(self.state.vrings.len());
         Ok(())
     }
 
@@ -525,6 +603,7 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
             })
             .collect();
         self.memory = self.state.mem_table.iter().copied().zip(files).collect();
+        self.vrings.forget_memory();
         Ok(None)
     }
 
@@ -557,6 +636,7 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
     fn set_vring_base(&mut self, index: u32, base: u32) -> VhostUserResult<()> {
         self.request("SET_VRING_BASE");
         self.vring(index)?.base = base;
+        self.vrings.set_base(index as usize, base as u16);
         Ok(())
     }
 
@@ -566,7 +646,9 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
         match self.vring(index) {
             Ok(vring) => {
                 vring.started = false;
-                Ok(VhostUserVringState::new(index, vring.base))
+                let base = vring.base;
+                let next = self.vrings.next_avail(index as usize).map(u32::from);
+                Ok(VhostUserVringState::new(index, next.unwrap_or(base)))
             }
             Err(e) => {
                 self.record_error(&e);
@@ -580,12 +662,22 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
         let vring = self.vring(index.into())?;
         vring.kick = fd.is_some();
         vring.started = true;
+        // With an inflight area, the ring's start settles it and queues what it holds.
+        if self.vrings.tracks(index.into()) {
+            let started = self
+                .split_ring(index.into())
+                .and_then(|ring| self.vrings.start(index.into(), &ring, &self.memory));
+            if let Err(e) = started {
+                self.record_error(&VhostUserError::ReqHandlerError(e));
+            }
+        }
         Ok(())
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostUserResult<()> {
         self.request("SET_VRING_CALL");
         self.vring(index.into())?.call = fd.is_some();
+        self.vrings.set_call(index.into(), fd);
         Ok(())
     }
 
@@ -690,29 +782,36 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
         inflight: &VhostUserInflight,
     ) -> VhostUserResult<(VhostUserInflight, File)> {
         self.request("GET_INFLIGHT_FD");
-        // A failed GET gets no reply: hand out a zeroed area big enough for split rings
-        // (a 64-byte aligned header plus 16 bytes per descriptor, per queue).
-        let per_queue = (64 + 16 * u64::from(inflight.queue_size)).next_multiple_of(64);
-        let size = (u64::from(inflight.num_queues) * per_queue).max(4096);
+        // A failed GET gets no reply: always hand out an area, zeroed (version 0: never used),
+        // of the specification's split-ring layout.
+        let size =
+            (u64::from(inflight.num_queues) * inflight_queue_region(inflight.queue_size)).max(4096);
         let file =
             memfd(c"vfd-test-backend-inflight", size).map_err(VhostUserError::ReqHandlerError)?;
-        Ok((
-            VhostUserInflight {
-                mmap_size: size,
-                mmap_offset: 0,
-                num_queues: inflight.num_queues,
-                queue_size: inflight.queue_size,
-            },
-            file,
-        ))
+        let info = VhostUserInflight {
+            mmap_size: size,
+            mmap_offset: 0,
+            num_queues: inflight.num_queues,
+            queue_size: inflight.queue_size,
+        };
+        self.state.get_inflight = InflightRecord::new(&info, &file).ok();
+        Ok((info, file))
     }
 
-    fn set_inflight_fd(
-        &mut self,
-        _inflight: &VhostUserInflight,
-        _file: File,
-    ) -> VhostUserResult<()> {
+    fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VhostUserResult<()> {
         self.request("SET_INFLIGHT_FD");
+        let record =
+            InflightRecord::new(inflight, &file).map_err(VhostUserError::ReqHandlerError)?;
+        let needed = u64::from(record.num_queues) * inflight_queue_region(record.queue_size);
+        let len = file
+            .metadata()
+            .map_err(VhostUserError::ReqHandlerError)?
+            .len();
+        if record.mmap_size < needed || record.mmap_offset.saturating_add(needed) > len {
+            return Err(self.refuse(VhostUserError::InvalidParam));
+        }
+        self.state.set_inflight = Some(record);
+        self.vrings.set_inflight(record, file);
         Ok(())
     }
 
@@ -734,6 +833,7 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
         };
         self.state.mem_table.push(record);
         self.memory.push((record, fd));
+        self.vrings.forget_memory();
         Ok(None)
     }
 
@@ -744,6 +844,7 @@ impl VhostUserBackendReqHandlerMut for TestBackend {
         let key = |r: &MemRegionRecord| (r.guest_phys_addr, r.memory_size);
         self.state.mem_table.retain(|r| key(r) != key(&gone));
         self.memory.retain(|(r, _)| key(r) != key(&gone));
+        self.vrings.forget_memory();
         if self.state.mem_table.len() == before {
             return Err(VhostUserError::InvalidParam);
         }
@@ -909,6 +1010,17 @@ impl TestBackendServer {
     /// Writes guest memory as the backend would ([`TestBackend::write_memory`]).
     pub fn write_memory(&self, gpa: u64, data: &[u8]) -> io::Result<()> {
         self.shared.backend().write_memory(gpa, data)
+    }
+
+    /// Takes every request now on vring `queue` of the current connection and holds it
+    /// ([`TestBackend::pop_requests`]).
+    pub fn pop_requests(&self, queue: usize) -> io::Result<Vec<PoppedRequest>> {
+        self.shared.backend().pop_requests(queue)
+    }
+
+    /// Completes a held request with `reply` ([`TestBackend::complete`]).
+    pub fn complete(&self, queue: usize, head: u16, reply: &[u8]) -> io::Result<u32> {
+        self.shared.backend().complete(queue, head, reply)
     }
 
     /// Number of connections accepted so far.

@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod guest;
+mod vrings;
 
 pub use crate::memory::FakeMemoryManager;
 pub use backend::{
@@ -24,3 +25,4 @@ pub use backend::{
 pub use guest::{
     guest_read, guest_write, memfd_guest_memory, FuseSession, GuestError, SplitQueueDriver,
 };
+pub use vrings::{InflightRecord, PoppedRequest};

@@ -382,6 +382,13 @@ impl PeerProcess {
         matches!(self.0.try_wait(), Ok(None))
     }
 
+    /// Stops the process (SIGSTOP): it reads nothing more until killed.
+    pub fn stop(&self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+        let r = unsafe { libc::kill(self.0.id() as i32, libc::SIGSTOP) };
+        assert_eq!(r, 0);
+    }
+
     /// kill -9, and checks that the signal is what ended it.
     pub fn kill9(&mut self) {
         // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
