@@ -387,6 +387,26 @@ impl PeerProcess {
         // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
         let r = unsafe { libc::kill(self.0.id() as i32, libc::SIGSTOP) };
         assert_eq!(r, 0);
+        // kill only queues the signal: a thread on another CPU can still take a request until
+        // the kernel stops it. Wait until every thread is in state T.
+        let tasks = format!("/proc/{}/task", self.0.id());
+        let start = std::time::Instant::now();
+        let stopped = || -> bool {
+            std::fs::read_dir(&tasks).unwrap().all(|t| {
+                let stat =
+                    std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+                // The state follows the command name, which is in parentheses.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+        };
+        while !stopped() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "SIGSTOP not taken"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// kill -9, and checks that the signal is what ended it.
