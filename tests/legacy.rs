@@ -22,7 +22,6 @@ use std::thread;
 
 use vhost_legacy::vhost_user::message::{
     BackendReq, VhostUserFSBackendMsg, VhostUserFSBackendMsgFlags, VhostUserU64,
-    VHOST_USER_FS_BACKEND_ENTRIES,
 };
 use vhost_legacy::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -36,19 +35,6 @@ use virtio_fs_dax::{BackendChannel, DaxWindow, Dialect, IoSpace};
 
 const R: VhostUserFSBackendMsgFlags = VhostUserFSBackendMsgFlags::MAP_R;
 const W: VhostUserFSBackendMsgFlags = VhostUserFSBackendMsgFlags::MAP_W;
-
-/// Builds a legacy message from (window offset or gpa, file offset, len, flags) entries.
-fn msg(entries: &[(u64, u64, u64, VhostUserFSBackendMsgFlags)]) -> VhostUserFSBackendMsg {
-    assert!(entries.len() <= VHOST_USER_FS_BACKEND_ENTRIES);
-    let mut m = VhostUserFSBackendMsg::default();
-    for (i, &(offset, fd_offset, len, flags)) in entries.iter().enumerate() {
-        m.cache_offset[i] = offset;
-        m.fd_offset[i] = fd_offset;
-        m.len[i] = len;
-        m.flags[i] = flags;
-    }
-    m
-}
 
 struct Legacy {
     window: Arc<DaxWindow>,
@@ -117,7 +103,7 @@ fn multi_entry_map_then_unmap_all() {
     let l = setup(16 * MIB, Arc::new(IoSpace::new()));
     let (file, _) = memfd(8 * MIB, |p| (p / 512) as u8 + 1);
     // Three entries of one message, one of them writable; an empty entry in between is skipped.
-    let m = msg(&[
+    let m = fs_msg(&[
         (0, 0, 2 * MIB, R),
         (4 * MIB, 2 * MIB, 2 * MIB, R | W),
         (0, 0, 0, R),
@@ -142,7 +128,7 @@ fn multi_entry_map_then_unmap_all() {
 
     // Overlapping map replaces (legacy policy): remap the middle of the first range.
     l.backend
-        .fs_backend_map(&msg(&[(MIB, 6 * MIB, MIB, R)]), &file)
+        .fs_backend_map(&fs_msg(&[(MIB, 6 * MIB, MIB, R)]), &file)
         .unwrap();
     assert_eq!(read_window(w, MIB, 4), vec![4; 4]);
     assert_eq!(read_window(w, 0, 4), vec![1; 4]);
@@ -150,14 +136,14 @@ fn multi_entry_map_then_unmap_all() {
 
     // Unmap of any range: half of a mapping, and a range that was never mapped.
     l.backend
-        .fs_backend_unmap(&msg(&[(5 * MIB, 0, MIB, R), (12 * MIB, 0, MIB, R)]))
+        .fs_backend_unmap(&fs_msg(&[(5 * MIB, 0, MIB, R), (12 * MIB, 0, MIB, R)]))
         .unwrap();
     assert_eq!(perms_at(w, 5 * MIB), "---p");
     assert_eq!(perms_at(w, 4 * MIB), "rw-s");
 
     // Unmap-all: len u64::MAX, whatever the offset says.
     l.backend
-        .fs_backend_unmap(&msg(&[(8 * MIB, 0, u64::MAX, R)]))
+        .fs_backend_unmap(&fs_msg(&[(8 * MIB, 0, u64::MAX, R)]))
         .unwrap();
     assert_eq!(w.live_mappings(), 0);
     assert_eq!(w.metrics().mapped_bytes(), 0);
@@ -178,7 +164,7 @@ fn failed_entry_rolls_back_the_entries_before_it() {
     // A read-only descriptor of the same file: the writable third entry fails in mmap (EACCES)
     // after the first two were mapped.
     let ro = File::open(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
-    let m = msg(&[
+    let m = fs_msg(&[
         (0, 0, 2 * MIB, R),
         (2 * MIB, 2 * MIB, 2 * MIB, R),
         (4 * MIB, 4 * MIB, 2 * MIB, R | W),
@@ -194,14 +180,14 @@ fn failed_entry_rolls_back_the_entries_before_it() {
     assert_eq!(w.metrics().refusals(virtio_fs_dax::Refusal::Syscall), 1);
 
     // A bad entry caught by validation maps nothing at all.
-    let m = msg(&[(0, 0, 2 * MIB, R), (2 * MIB + 1, 0, 2 * MIB, R)]);
+    let m = fs_msg(&[(0, 0, 2 * MIB, R), (2 * MIB + 1, 0, 2 * MIB, R)]);
     assert!(l.backend.fs_backend_map(&m, &file).is_err());
     assert_eq!(w.live_mappings(), 0);
     assert_eq!(perms_at(w, 0), "---p");
 
     // And the channel goes on.
     l.backend
-        .fs_backend_map(&msg(&[(0, 0, 2 * MIB, R)]), &ro)
+        .fs_backend_map(&fs_msg(&[(0, 0, 2 * MIB, R)]), &ro)
         .unwrap();
     assert_eq!(perms_at(w, 0), "r--s");
     l.finish(3);
@@ -222,10 +208,10 @@ fn sync_flushes_mapped_ranges() {
         .unwrap();
     file.set_len(2 * MIB).unwrap();
     l.backend
-        .fs_backend_map(&msg(&[(0, 0, 2 * MIB, R | W)]), &file)
+        .fs_backend_map(&fs_msg(&[(0, 0, 2 * MIB, R | W)]), &file)
         .unwrap();
     write_window(&l.window, 4096, b"synced");
-    let sync = msg(&[(0, 0, 2 * MIB, R), (4 * MIB, 0, MIB, R)]);
+    let sync = fs_msg(&[(0, 0, 2 * MIB, R), (4 * MIB, 0, MIB, R)]);
     assert_eq!(l.send(BackendReq::FS_SYNC, &sync, None), 0);
     assert_eq!(l.window.metrics().syncs(), 2);
     let mut buf = [0u8; 6];
@@ -235,7 +221,7 @@ fn sync_flushes_mapped_ranges() {
         .unwrap();
     assert_eq!(&buf, b"synced");
     // A range past the window is refused.
-    let bad = msg(&[(8 * MIB, 0, MIB, R)]);
+    let bad = fs_msg(&[(8 * MIB, 0, MIB, R)]);
     assert_eq!(
         l.send(BackendReq::FS_SYNC, &bad, None),
         -(libc::ERANGE as i64)
@@ -266,7 +252,7 @@ fn io_into_guest_ram_and_into_windows() {
     let (src, _) = memfd(3 * PAGE + 100, |p| 0xa0 + p as u8);
 
     // Read the file into guest RAM: two entries, the second stops at end of file.
-    let m = msg(&[(0x10000, 0, 2 * PAGE, R), (0x40000, 2 * PAGE, 2 * PAGE, R)]);
+    let m = fs_msg(&[(0x10000, 0, 2 * PAGE, R), (0x40000, 2 * PAGE, 2 * PAGE, R)]);
     assert_eq!(
         l.send(BackendReq::FS_IO, &m, Some(&src)),
         (2 * PAGE + PAGE + 100) as i64,
@@ -285,7 +271,7 @@ fn io_into_guest_ram_and_into_windows() {
     // Write guest RAM to the file (MAP_W).
     ram.write_slice(b"from guest ram", GuestAddress(0x20000))
         .unwrap();
-    let m = msg(&[(0x20000, 5, 14, W)]);
+    let m = fs_msg(&[(0x20000, 5, 14, W)]);
     assert_eq!(l.send(BackendReq::FS_IO, &m, Some(&src)), 14);
     let mut buf = [0u8; 14];
     src.read_exact_at(&mut buf, 5).unwrap();
@@ -294,9 +280,9 @@ fn io_into_guest_ram_and_into_windows() {
     // IO into this device's window: only where a writable mapping lies.
     let (dst, _) = memfd(2 * MIB, |_| 0);
     l.backend
-        .fs_backend_map(&msg(&[(2 * MIB, 0, 2 * MIB, R | W)]), &dst)
+        .fs_backend_map(&fs_msg(&[(2 * MIB, 0, 2 * MIB, R | W)]), &dst)
         .unwrap();
-    let m = msg(&[(WIN_GPA + 2 * MIB + 16, 0, PAGE, R)]);
+    let m = fs_msg(&[(WIN_GPA + 2 * MIB + 16, 0, PAGE, R)]);
     assert_eq!(l.send(BackendReq::FS_IO, &m, Some(&src)), PAGE as i64);
     let mut buf = [0u8; 4];
     dst.read_exact_at(&mut buf, 16).unwrap();
@@ -305,12 +291,12 @@ fn io_into_guest_ram_and_into_windows() {
         "file bytes landed in the mapped file through the window"
     );
     // Unmapped part of the window, and a range running past the mapped one: EFAULT.
-    let m = msg(&[(WIN_GPA, 0, PAGE, R)]);
+    let m = fs_msg(&[(WIN_GPA, 0, PAGE, R)]);
     assert_eq!(
         l.send(BackendReq::FS_IO, &m, Some(&src)),
         -(libc::EFAULT as i64)
     );
-    let m = msg(&[(WIN_GPA + 4 * MIB - PAGE, 0, 2 * PAGE, R)]);
+    let m = fs_msg(&[(WIN_GPA + 4 * MIB - PAGE, 0, 2 * PAGE, R)]);
     assert_eq!(
         l.send(BackendReq::FS_IO, &m, Some(&src)),
         -(libc::EFAULT as i64)
@@ -331,12 +317,12 @@ fn io_into_guest_ram_and_into_windows() {
             Policy::STANDARD,
         )
         .unwrap();
-    let m = msg(&[(OTHER_GPA, 0, PAGE, R)]);
+    let m = fs_msg(&[(OTHER_GPA, 0, PAGE, R)]);
     assert_eq!(
         l.send(BackendReq::FS_IO, &m, Some(&src)),
         -(libc::EFAULT as i64)
     );
-    let m = msg(&[(OTHER_GPA + 8, 0, 32, W)]);
+    let m = fs_msg(&[(OTHER_GPA + 8, 0, 32, W)]);
     assert_eq!(l.send(BackendReq::FS_IO, &m, Some(&src)), 32);
     let mut buf = [0u8; 32];
     src.read_exact_at(&mut buf, 0).unwrap();
@@ -345,7 +331,7 @@ fn io_into_guest_ram_and_into_windows() {
     // Outside guest RAM and every window: EFAULT; an entry that fails validation means no
     // entry moved a byte.
     ram.write_slice(&[0u8; 8], GuestAddress(0x30000)).unwrap();
-    let m = msg(&[(0x30000, 0, 8, R), (RAM - 8, 0, 16, R)]);
+    let m = fs_msg(&[(0x30000, 0, 8, R), (RAM - 8, 0, 16, R)]);
     assert_eq!(
         l.send(BackendReq::FS_IO, &m, Some(&src)),
         -(libc::EFAULT as i64)
@@ -392,7 +378,7 @@ fn io_into_another_devices_window_needs_the_opt_in() {
         .unwrap();
     let (src, _) = memfd(2 * PAGE, |_| 0x5a);
     for flags in [R, W] {
-        let m = msg(&[(OTHER_GPA, 0, PAGE, flags)]);
+        let m = fs_msg(&[(OTHER_GPA, 0, PAGE, flags)]);
         assert_eq!(
             l.send(BackendReq::FS_IO, &m, Some(&src)),
             -(libc::EFAULT as i64),
@@ -408,9 +394,9 @@ fn io_into_another_devices_window_needs_the_opt_in() {
     // Its own window and guest RAM stay in reach.
     let (dst, _) = memfd(2 * MIB, |_| 0);
     l.backend
-        .fs_backend_map(&msg(&[(0, 0, 2 * MIB, R | W)]), &dst)
+        .fs_backend_map(&fs_msg(&[(0, 0, 2 * MIB, R | W)]), &dst)
         .unwrap();
-    let m = msg(&[(WIN_GPA, 0, PAGE, R), (0x1000, 0, PAGE, R)]);
+    let m = fs_msg(&[(WIN_GPA, 0, PAGE, R), (0x1000, 0, PAGE, R)]);
     assert_eq!(l.send(BackendReq::FS_IO, &m, Some(&src)), 2 * PAGE as i64);
     dst.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(buf, [0x5a; 8]);

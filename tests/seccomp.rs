@@ -25,7 +25,6 @@ use std::thread;
 use std::time::Duration;
 
 use seccompiler::{apply_filter, BpfProgram, SeccompAction, SeccompFilter};
-use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_legacy::vhost_user::message::{VhostUserFSBackendMsg, VhostUserFSBackendMsgFlags};
 use vhost_legacy::vhost_user::VhostUserFrontendReqHandler as _;
@@ -112,32 +111,6 @@ impl Filtered {
     fn count(&self) -> usize {
         self.0.lock().unwrap().len()
     }
-}
-
-fn mmap_msg(shm_offset: u64, fd_offset: u64, len: u64, writable: bool) -> VhostUserMMap {
-    VhostUserMMap {
-        shmid: 0,
-        padding: [0; 7],
-        fd_offset,
-        shm_offset,
-        len,
-        flags: if writable {
-            VhostUserMMapFlags::WRITABLE.bits()
-        } else {
-            0
-        },
-    }
-}
-
-fn fs_msg(entries: &[(u64, u64, u64, VhostUserFSBackendMsgFlags)]) -> VhostUserFSBackendMsg {
-    let mut m = VhostUserFSBackendMsg::default();
-    for (i, &(offset, fd_offset, len, flags)) in entries.iter().enumerate() {
-        m.cache_offset[i] = offset;
-        m.fd_offset[i] = fd_offset;
-        m.len[i] = len;
-        m.flags[i] = flags;
-    }
-    m
 }
 
 #[test]

@@ -10,27 +10,11 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread;
 
-use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 
 use common::*;
 use virtio_fs_dax::protocol::Access;
 use virtio_fs_dax::{BackendChannel, DaxWindow, Dialect, Policy};
-
-fn mmap_msg(shm_offset: u64, fd_offset: u64, len: u64, writable: bool) -> VhostUserMMap {
-    VhostUserMMap {
-        shmid: 0,
-        padding: [0; 7],
-        fd_offset,
-        shm_offset,
-        len,
-        flags: if writable {
-            VhostUserMMapFlags::WRITABLE.bits()
-        } else {
-            VhostUserMMapFlags::default().bits()
-        },
-    }
-}
 
 /// A channel served by `handle_one` on a thread, with vhost's `Backend` on the other end
 /// (REPLY_ACK and SHMEM negotiated on both sides).

@@ -558,3 +558,47 @@ pub fn activate_with_guest(
             .with_hiprio(hiprio),
     )
 }
+
+/// A SHMEM_MAP body (vhost's `VhostUserMMap`) for shared memory region 0.
+pub fn mmap_msg(
+    shm_offset: u64,
+    fd_offset: u64,
+    len: u64,
+    writable: bool,
+) -> vhost::vhost_user::message::VhostUserMMap {
+    use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
+    VhostUserMMap {
+        shmid: 0,
+        padding: [0; 7],
+        fd_offset,
+        shm_offset,
+        len,
+        flags: if writable {
+            VhostUserMMapFlags::WRITABLE.bits()
+        } else {
+            VhostUserMMapFlags::default().bits()
+        },
+    }
+}
+
+/// A legacy FS_* body (vhost 0.11's `VhostUserFSBackendMsg`) from (window offset or guest
+/// physical address, file offset, len, flags) entries.
+pub fn fs_msg(
+    entries: &[(
+        u64,
+        u64,
+        u64,
+        vhost_legacy::vhost_user::message::VhostUserFSBackendMsgFlags,
+    )],
+) -> vhost_legacy::vhost_user::message::VhostUserFSBackendMsg {
+    use vhost_legacy::vhost_user::message::{VhostUserFSBackendMsg, VHOST_USER_FS_BACKEND_ENTRIES};
+    assert!(entries.len() <= VHOST_USER_FS_BACKEND_ENTRIES);
+    let mut m = VhostUserFSBackendMsg::default();
+    for (i, &(offset, fd_offset, len, flags)) in entries.iter().enumerate() {
+        m.cache_offset[i] = offset;
+        m.fd_offset[i] = fd_offset;
+        m.len[i] = len;
+        m.flags[i] = flags;
+    }
+    m
+}
