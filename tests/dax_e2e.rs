@@ -38,24 +38,7 @@ fn sample(shared: &Path) -> Vec<u8> {
 /// and activated by the simulated guest, DAX negotiated; the guest's FUSE session, not yet
 /// initialised.
 fn device(socket: &Path, window: u64, dialect: Dialect) -> (Fs, FuseSession) {
-    let mut fs = Fs::builder("dax")
-        .socket_path(socket)
-        .window_size(window)
-        .dialect(dialect)
-        .replace_exact(true)
-        .queue_size(128)
-        .build()
-        .unwrap();
-    fs.set_shm_base(0, WIN_GPA).unwrap();
-    fs.connect().unwrap();
-    assert!(
-        fs.window_offered(),
-        "decided at connect: this backend serves the window"
-    );
-    fs.ack_features(fs.features());
-    let s = common::activate_with_guest(&mut fs).expect("activate against dax-backend");
-    assert!(fs.session().unwrap().negotiated().dax, "DAX negotiated");
-    (fs, s)
+    common::dax_device(socket, WIN_GPA, window, dialect)
 }
 
 fn run(dialect: Dialect) {
