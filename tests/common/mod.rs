@@ -559,6 +559,36 @@ pub fn activate_with_guest(
     )
 }
 
+/// A device with a `window`-byte window at guest address `window_gpa`, connected to the
+/// backend on `socket` (dax-backend) and activated by the simulated guest
+/// ([`activate_with_guest`]), DAX negotiated; the guest's FUSE session, not yet initialised.
+#[cfg(feature = "test-utils")]
+pub fn dax_device(
+    socket: &std::path::Path,
+    window_gpa: u64,
+    window: u64,
+    dialect: Dialect,
+) -> (virtio_fs_dax::Fs, virtio_fs_dax::test_utils::FuseSession) {
+    let mut fs = virtio_fs_dax::Fs::builder("dax")
+        .socket_path(socket)
+        .window_size(window)
+        .dialect(dialect)
+        .replace_exact(true)
+        .queue_size(128)
+        .build()
+        .unwrap();
+    fs.set_shm_base(0, window_gpa).unwrap();
+    fs.connect().unwrap();
+    assert!(
+        fs.window_offered(),
+        "decided at connect: this backend serves the window"
+    );
+    fs.ack_features(fs.features());
+    let s = activate_with_guest(&mut fs).expect("activate against dax-backend");
+    assert!(fs.session().unwrap().negotiated().dax, "DAX negotiated");
+    (fs, s)
+}
+
 /// A SHMEM_MAP body (vhost's `VhostUserMMap`) for shared memory region 0.
 pub fn mmap_msg(
     shm_offset: u64,

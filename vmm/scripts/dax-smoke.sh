@@ -6,8 +6,11 @@
 # (virtio-mmio) and the dax-backend process. First boot: it reads every file of a sample tree
 # through the DAX window and checks its sha256 against the host's (one file is larger than the
 # window, so the guest's range reclaim runs), writes into a range it first mapped read-only (the
-# guest's writable upgrade), stores through mmap(MAP_SHARED) + msync, creates a file, then
-# reboots while a process holds a file mapped. Second boot: no mapping survived the reset, the
+# guest's writable upgrade), stores through mmap(MAP_SHARED) + msync, creates a file, write(2)s
+# from a DAX mapping into a new file (a FUSE_WRITE whose data pages are the window's: the legacy
+# backend has the VMM copy them with FS_IO, the standard one refuses it with EFAULT and the mount
+# goes on) and read(2)s a file into a DAX mapping of another, then reboots while a process holds
+# a file mapped. Second boot: no mapping survived the reset, the
 # guest mounts again and reads the tree again; with VFD_KILL=1 the host kills the backend while
 # the guest holds ranges mapped and starts it again, and the guest says what it sees. The host
 # checks every write and the VMM's counters. Run it where /dev/kvm boots Linux:
@@ -50,6 +53,8 @@ printf 'hello from the host\n' >"$shared/hello"
 head -c 8192 /dev/zero | tr '\0' a >"$shared/patch"
 head -c 65536 /dev/zero | tr '\0' m >"$shared/mmapped"
 head -c 3000 /dev/urandom >"$shared/unread-until-restart"
+# Read through a mapping and written into a new file from it (not a multiple of the page size).
+head -c 200000 /dev/urandom >"$shared/window-src"
 
 # The guest's initramfs: busybox, the virtio-mmio and virtiofs modules, and the checks.
 root=$work/root
@@ -62,6 +67,7 @@ else
 fi
 (cd "$shared" && find . -type f ! -name unread-until-restart | sort | xargs sha256sum) >"$root/expected"
 [ "${VFD_KILL:-}" = 1 ] && : >"$root/kill"
+[ "$dialect" = legacy ] && : >"$root/legacy"
 window=32M
 fsopts=""
 dax=1
@@ -124,6 +130,28 @@ if [ "$boot" = 0 ]; then
     echo "written by the guest" >/mnt/from-guest || fail "write"
     vfd-guest mmap-write /mnt/mmapped 8192 STORED-THROUGH-MMAP | sed 's/^/guest: /'
     grep -q STORED-THROUGH-MMAP /mnt/mmapped || fail "a store through mmap is not in the file"
+    if [ ! -e /nodax ]; then
+        # write(2) from a DAX mapping into a new file: the write extends the file, so the
+        # kernel sends it as FUSE_WRITE with the mapping's own pages, in the window, which the
+        # backend cannot see. Legacy: the VMM copies them (FS_IO); standard: EFAULT, cleanly.
+        vfd-guest write-from-map /mnt/window-src /mnt/window-copy >/tmp/wfm 2>&1 ||
+            fail "write-from-map: $(cat /tmp/wfm)"
+        sed 's/^/guest: /' /tmp/wfm
+        if [ -e /legacy ]; then
+            grep -q "^write-from-map: copied" /tmp/wfm || fail "a write from a DAX mapping was not served"
+        else
+            grep -q "^write-from-map: refused with errno 14 " /tmp/wfm ||
+                fail "a write from a DAX mapping was not refused with EFAULT"
+        fi
+        echo "after a write from a mapping" >/mnt/after-window-write ||
+            fail "writing after the write from a mapping"
+        [ "$(cat /mnt/after-window-write)" = "after a write from a mapping" ] ||
+            fail "reading after the write from a mapping"
+        # read(2) into a DAX mapping of another file.
+        vfd-guest read-into-map /mnt/window-src /mnt/window-read >/tmp/rim 2>&1 ||
+            fail "read-into-map: $(cat /tmp/rim)"
+        sed 's/^/guest: /' /tmp/rim
+    fi
     sync
     if [ -e /reboot ]; then
         # Reboot with a file mapped: the reset must drop every mapping, and the guest mount again.
@@ -224,6 +252,34 @@ if [ "$status" = 0 ]; then
     if [ "$dax" = 1 ] && { [ -z "$maps" ] || [ "$maps" -le 16 ] || [ "$unmaps" -lt 1 ]; }; then
         echo "dax-smoke: no reclaim seen in the VMM's counters ($counters)" >&2
         status=1
+    fi
+    if [ "$dax" = 1 ]; then
+        # The write from a DAX mapping: in the file (legacy), or refused and nothing written
+        # (standard); the read into a DAX mapping reached the file through the mapping.
+        if [ "$dialect" = legacy ]; then
+            cmp -s "$shared/window-src" "$shared/window-copy" || {
+                echo "dax-smoke: the write from a DAX mapping did not reach the host" >&2
+                status=1
+            }
+        else
+            if [ ! -e "$shared/window-copy" ] || [ -s "$shared/window-copy" ]; then
+                echo "dax-smoke: the refused write from a DAX mapping left bytes on the host" >&2
+                status=1
+            fi
+            # The backend saw the window's pages (and said why it refused them).
+            grep -q "opcode 16) with a buffer outside guest RAM: no FS_IO" "$work/backend.log" || {
+                echo "dax-smoke: the backend saw no FUSE_WRITE from the window" >&2
+                status=1
+            }
+        fi
+        cmp -s "$shared/window-src" "$shared/window-read" || {
+            echo "dax-smoke: the read into a DAX mapping did not reach the host" >&2
+            status=1
+        }
+        [ "$(cat "$shared/after-window-write" 2>/dev/null)" = "after a write from a mapping" ] || {
+            echo "dax-smoke: the mount did not go on after the write from a mapping" >&2
+            status=1
+        }
     fi
     if [ "$(dd if="$shared/mmapped" bs=1 skip=8192 count=19 2>/dev/null)" != STORED-THROUGH-MMAP ]; then
         echo "dax-smoke: the guest's store through mmap did not reach the host" >&2

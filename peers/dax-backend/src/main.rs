@@ -7,6 +7,7 @@
 //! FS_MAP / FS_UNMAP (`--legacy`).
 
 mod legacy;
+mod outside;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -14,8 +15,8 @@ use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, RwLock};
 
 use fuse_backend_rs::abi::virtio_fs::{RemovemappingOne, SetupmappingFlags};
-use fuse_backend_rs::api::filesystem::{Context, FileSystem};
-use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::api::filesystem::FileSystem;
+use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE};
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, VirtioFsWriter, Writer};
 use log::{debug, error, info, warn};
@@ -25,11 +26,13 @@ use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringMutex, Vring
 use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::QueueOwnedT;
+use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{
-    Address, Bytes, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap,
+    Address, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
+
+use outside::Stream;
 
 /// Standard vhost-user protocol feature SHMEM (current spec): bit 22. vhost 0.16 names bit 21
 /// `SHMEM`, which is really GPA_ADDRESSES, so it must not be used.
@@ -215,10 +218,9 @@ impl FsCacheReqHandler for FdCatcher {
 }
 
 const FUSE_READ: u32 = 15;
+const FUSE_WRITE: u32 = 16;
 const FUSE_INIT: u32 = 26;
 const FUSE_DESTROY: u32 = 38;
-const FUSE_IN_HEADER: usize = 40;
-const FUSE_OUT_HEADER: usize = 16;
 
 struct FsBackend {
     server: Arc<Server<Arc<Fs>>>,
@@ -232,6 +234,9 @@ struct FsBackend {
 }
 
 impl FsBackend {
+    /// Serves every available request of `vring`. A request never ends the queue: each one goes
+    /// back to the guest, with a reply or, where it left nowhere to write one, with used length
+    /// 0. Only a queue the guest broke (its rings) ends it.
     fn process_queue(&mut self, vring: &VringMutex) -> io::Result<bool> {
         let Some(atomic) = self.mem.as_ref() else {
             return Ok(false);
@@ -247,44 +252,23 @@ impl FsBackend {
         for chain in chains {
             let head = chain.head_index();
             let descs: Vec<Descriptor> = chain.clone().collect();
-            if let Some(len) = self.read_through_io(&mem, &descs) {
-                vring
-                    .add_used(head, len)
-                    .map_err(|e| io::Error::other(format!("add_used: {e}")))?;
-                used_any = true;
-                continue;
-            }
-            let opcode = descs
-                .first()
-                .filter(|d| !d.is_write_only() && d.len() >= 8)
-                .and_then(|d| mem.read_obj::<u32>(d.addr().checked_add(4)?).ok());
-            debug!("request head {head} opcode {opcode:?}");
-            let reader = Reader::from_descriptor_chain(&*mem, chain.clone())
-                .map_err(|e| io::Error::other(format!("reader: {e}")))?;
-            let writer = VirtioFsWriter::new(&*mem, chain)
-                .map(Writer::VirtioFs)
-                .map_err(|e| io::Error::other(format!("writer: {e}")))?;
-            let len = match self
-                .server
-                .handle_message(reader, writer, Some(&mut self.cache), None)
-            {
-                Ok(n) => n,
-                Err(e) => {
-                    error!("FUSE request failed: {e:?}");
-                    0
-                }
+            let stream = |writable: bool| {
+                Stream::new(
+                    &mem,
+                    descs
+                        .iter()
+                        .filter(|d| d.is_write_only() == writable)
+                        .map(|d| (d.addr().raw_value(), d.len())),
+                )
             };
-            if matches!(opcode, Some(FUSE_INIT | FUSE_DESTROY)) {
-                // At INIT the ranges tracked belong to a previous driver, whose window the
-                // front-end reset: forget them (standard) or clear the window (legacy).
-                if opcode == Some(FUSE_INIT) && self.cache.dialect == Dialect::Standard {
-                    self.cache.mapped.clear();
-                } else if let Err(e) = self.cache.unmap_everything() {
-                    warn!("giving back the window: {e}");
-                }
-            }
+            let (readable, writable) = (stream(false), stream(true));
+            let len = if readable.in_ram() && writable.in_ram() {
+                self.serve(&mem, chain, &readable, &writable)
+            } else {
+                self.serve_outside_ram(&mem, &readable, &writable)
+            };
             vring
-                .add_used(head, len as u32)
+                .add_used(head, len)
                 .map_err(|e| io::Error::other(format!("add_used: {e}")))?;
             used_any = true;
         }
@@ -294,120 +278,190 @@ impl FsBackend {
         }
         Ok(used_any)
     }
-}
 
-impl FsBackend {
-    /// Serves a FUSE_READ whose data buffers lie outside guest RAM (in a DAX window, which this
-    /// process cannot see) by having the front-end copy the file into them with legacy FS_IO, as
-    /// a Linux guest's DAX `read()` into a DAX-mapped buffer needs. Returns the used length, or
-    /// `None` when the chain is for the ordinary path.
-    fn read_through_io(&mut self, mem: &GuestMemoryMmap<()>, descs: &[Descriptor]) -> Option<u32> {
-        let writable: Vec<&Descriptor> = descs.iter().filter(|d| d.is_write_only()).collect();
-        if writable
-            .iter()
-            .all(|d| mem.check_range(d.addr(), d.len() as usize))
-        {
-            return None;
-        }
-        let mut req = Vec::new();
-        for d in descs.iter().filter(|d| !d.is_write_only()) {
-            let mut part = vec![0u8; d.len() as usize];
-            mem.read_slice(&mut part, d.addr()).ok()?;
-            req.extend_from_slice(&part);
-        }
-        let u32_at = |o: usize| Some(u32::from_le_bytes(req.get(o..o + 4)?.try_into().ok()?));
-        let u64_at = |o: usize| Some(u64::from_le_bytes(req.get(o..o + 8)?.try_into().ok()?));
-        if u32_at(4)? != FUSE_READ {
-            return None;
-        }
-        let unique = u64_at(8)?;
-        let nodeid = u64_at(16)?;
-        let ctx = Context {
-            uid: u32_at(24)?,
-            gid: u32_at(28)?,
-            pid: u32_at(32)? as libc::pid_t,
-        };
-        let fh = u64_at(FUSE_IN_HEADER)?;
-        let offset = u64_at(FUSE_IN_HEADER + 8)?;
-        let size = u64::from(u32_at(FUSE_IN_HEADER + 16)?);
-        // The reply header must be in guest RAM, alone in the first writable descriptor.
-        let (hdr, data) = writable.split_first()?;
-        if !mem.check_range(hdr.addr(), FUSE_OUT_HEADER) {
-            return None;
-        }
-        let result = self.io_read(&ctx, nodeid, fh, offset, size, data);
-        let (done, error) = match result {
-            Ok(n) => (n, 0i32),
+    /// A request whose buffers all lie in guest RAM: fuse-backend-rs's server. Returns the used
+    /// length.
+    fn serve(
+        &mut self,
+        mem: &GuestMemoryMmap<()>,
+        chain: DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap<()>>>,
+        readable: &Stream,
+        writable: &Stream,
+    ) -> u32 {
+        let header = outside::InHeader::read(mem, readable);
+        let opcode = header.map(|h| h.opcode);
+        let unique = header.map_or(0, |h| h.unique);
+        debug!("request head {} opcode {opcode:?}", chain.head_index());
+        // The buffers were checked as the reader and writer take them, but the guest can change
+        // its descriptors under us: a failure here is refused like a buffer outside RAM.
+        let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+            Ok(r) => r,
             Err(e) => {
-                warn!("FUSE_READ through FS_IO: {e}");
-                (0, -e.raw_os_error().unwrap_or(libc::EIO))
+                warn!("request {unique}: device-readable buffers: {e}");
+                return outside::reply_error(mem, writable, unique, outside::UNREACHABLE);
             }
         };
-        let len = FUSE_OUT_HEADER as u32 + done as u32;
-        let mut out = [0u8; FUSE_OUT_HEADER];
-        out[0..4].copy_from_slice(&len.to_le_bytes());
-        out[4..8].copy_from_slice(&error.to_le_bytes());
-        out[8..16].copy_from_slice(&unique.to_le_bytes());
-        mem.write_slice(&out, hdr.addr()).ok()?;
-        Some(if error == 0 {
-            len
-        } else {
-            FUSE_OUT_HEADER as u32
-        })
+        let writer = match VirtioFsWriter::new(mem, chain) {
+            Ok(w) => Writer::VirtioFs(w),
+            Err(e) => {
+                warn!("request {unique}: device-writable buffers: {e}");
+                return outside::reply_error(mem, writable, unique, outside::UNREACHABLE);
+            }
+        };
+        let len = match self
+            .server
+            .handle_message(reader, writer, Some(&mut self.cache), None)
+        {
+            Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
+            Err(e) => {
+                // The server writes no reply on these (a request it cannot decode, a reply
+                // that does not fit): answer EIO where there is room, so the guest does not
+                // take an empty buffer for a reply.
+                warn!("FUSE request {unique} (opcode {opcode:?}) failed: {e:?}");
+                outside::reply_error(mem, writable, unique, libc::EIO)
+            }
+        };
+        if matches!(opcode, Some(FUSE_INIT | FUSE_DESTROY)) {
+            // At INIT the ranges tracked belong to a previous driver, whose window the
+            // front-end reset: forget them (standard) or clear the window (legacy).
+            if opcode == Some(FUSE_INIT) && self.cache.dialect == Dialect::Standard {
+                self.cache.mapped.clear();
+            } else if let Err(e) = self.cache.unmap_everything() {
+                warn!("giving back the window: {e}");
+            }
+        }
+        len
     }
 
-    fn io_read(
+    /// A request with a buffer outside guest RAM (in a DAX window, which this process cannot
+    /// see: a guest `read(2)` or `write(2)` whose user buffer is itself a DAX mapping). In the
+    /// legacy dialect a FUSE_READ or FUSE_WRITE is served by the front-end's copy (FS_IO, see
+    /// [`FsBackend::io_read`] and [`FsBackend::io_write`]); anything else, and everything in the
+    /// standard dialect, gets a [`outside::UNREACHABLE`] reply. Returns the used length.
+    fn serve_outside_ram(
         &mut self,
-        ctx: &Context,
-        nodeid: u64,
+        mem: &GuestMemoryMmap<()>,
+        readable: &Stream,
+        writable: &Stream,
+    ) -> u32 {
+        let Some(header) = outside::InHeader::read(mem, readable) else {
+            warn!("a request whose header lies outside guest RAM: refused");
+            return outside::reply_error(mem, writable, 0, outside::UNREACHABLE);
+        };
+        let refuse = |errno: i32, why: &str| {
+            warn!(
+                "request {} (opcode {}) with a buffer outside guest RAM: {why}: errno {errno}",
+                header.unique, header.opcode
+            );
+            outside::reply_error(mem, writable, header.unique, errno)
+        };
+        if header.len > MAX_BUFFER_SIZE + 0x1000 {
+            // As fuse-backend-rs's server answers a request longer than its buffers.
+            return refuse(libc::ENOMEM, "too long");
+        }
+        if self.cache.legacy.is_none() {
+            return refuse(outside::UNREACHABLE, "no FS_IO in this dialect");
+        }
+        let result = match header.opcode {
+            FUSE_READ => self.io_read(mem, &header, readable, writable),
+            FUSE_WRITE => self.io_write(mem, &header, readable, writable),
+            _ => return refuse(outside::UNREACHABLE, "only READ and WRITE go through FS_IO"),
+        };
+        match result {
+            Ok(len) => len,
+            Err(e) => refuse(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                &format!("through FS_IO: {e}"),
+            ),
+        }
+    }
+
+    /// The open file behind (nodeid, fh) for FS_IO: read-write for a write. fuse-backend-rs
+    /// does not hand out a handle's descriptor; `PassthroughFs::setupmapping` opens the inode
+    /// itself, as for a DAX mapping, and we keep that descriptor instead of mapping it.
+    fn io_file(
+        &self,
+        h: &outside::InHeader,
         fh: u64,
         offset: u64,
         size: u64,
-        data: &[&Descriptor],
-    ) -> io::Result<u64> {
-        let ch = self
-            .cache
-            .legacy
-            .as_mut()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOSYS))?;
+        write: bool,
+    ) -> io::Result<OwnedFd> {
+        let flags = if write {
+            SetupmappingFlags::READ | SetupmappingFlags::WRITE
+        } else {
+            SetupmappingFlags::READ
+        };
         let mut catcher = FdCatcher::default();
         self.fs.setupmapping(
-            ctx,
-            nodeid,
+            &h.ctx,
+            h.nodeid,
             fh,
             offset,
             size,
-            SetupmappingFlags::READ.bits(),
+            flags.bits(),
             0,
             &mut catcher,
         )?;
-        let fd = catcher
+        catcher
             .0
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
-        let mut entries = Vec::new();
-        let mut left = size;
-        let mut at = offset;
-        for d in data {
-            if left == 0 {
-                break;
-            }
-            let len = u64::from(d.len()).min(left);
-            entries.push((at, d.addr().0, len, legacy::MAP_R));
-            at += len;
-            left -= len;
-        }
-        let mut done = 0;
-        for chunk in entries.chunks(legacy::MAX_ENTRIES) {
-            let want: u64 = chunk.iter().map(|e| e.2).sum();
-            let n = ch.fs_io(chunk, fd.as_raw_fd())?;
-            done += n;
-            if n < want {
-                break;
-            }
-        }
-        debug!("FUSE_READ through FS_IO: {done} of {size} bytes at {offset:#x}");
-        Ok(done)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
     }
+
+    /// FUSE_READ with data buffers outside guest RAM: the front-end copies the file into every
+    /// data buffer (in RAM or not) with FS_IO (flags MAP_R). Its request and reply header must
+    /// lie in guest RAM. Returns the used length; the reply counts the bytes done.
+    fn io_read(
+        &mut self,
+        mem: &GuestMemoryMmap<()>,
+        h: &outside::InHeader,
+        readable: &Stream,
+        writable: &Stream,
+    ) -> io::Result<u32> {
+        let (fh, offset, size) = outside::rw_args(mem, readable).ok_or_else(unreachable)?;
+        if !writable.can_access(0, outside::OUT_HEADER) {
+            return Err(unreachable());
+        }
+        let data = writable.pieces(outside::OUT_HEADER, u64::from(size));
+        let want: u64 = data.iter().map(|p| p.len).sum();
+        let fd = self.io_file(h, fh, offset, want, false)?;
+        let ch = self.cache.legacy.as_mut().ok_or_else(unreachable)?;
+        let done = outside::fs_io(ch, fd.as_raw_fd(), offset, &data, legacy::MAP_R)?;
+        debug!("FUSE_READ through FS_IO: {done} of {size} bytes at {offset:#x}");
+        Ok(outside::reply(mem, writable, h.unique, 0, &[], done))
+    }
+
+    /// FUSE_WRITE with data buffers outside guest RAM: the front-end writes every data buffer
+    /// (in RAM or not) into the file with FS_IO (flags MAP_W). Its request and reply must lie
+    /// in guest RAM. Returns the used length; the reply (`fuse_write_out`) counts the bytes
+    /// done.
+    fn io_write(
+        &mut self,
+        mem: &GuestMemoryMmap<()>,
+        h: &outside::InHeader,
+        readable: &Stream,
+        writable: &Stream,
+    ) -> io::Result<u32> {
+        let (fh, offset, size) = outside::rw_args(mem, readable).ok_or_else(unreachable)?;
+        // Nothing is written unless the reply can say how much was.
+        if !writable.can_access(0, outside::OUT_HEADER + outside::WRITE_OUT) {
+            return Err(unreachable());
+        }
+        let data = readable.pieces(outside::IN_HEADER + outside::RW_IN, u64::from(size));
+        let want: u64 = data.iter().map(|p| p.len).sum();
+        let fd = self.io_file(h, fh, offset, want, true)?;
+        let ch = self.cache.legacy.as_mut().ok_or_else(unreachable)?;
+        let done = outside::fs_io(ch, fd.as_raw_fd(), offset, &data, legacy::MAP_W)?;
+        debug!("FUSE_WRITE through FS_IO: {done} of {size} bytes at {offset:#x}");
+        // `fuse_write_out`: size, padding. `done` is at most `size`, a u32.
+        let mut out = [0u8; outside::WRITE_OUT as usize];
+        out[..4].copy_from_slice(&(done as u32).to_le_bytes());
+        Ok(outside::reply(mem, writable, h.unique, 0, &out, 0))
+    }
+}
+
+fn unreachable() -> io::Error {
+    io::Error::from_raw_os_error(outside::UNREACHABLE)
 }
 
 impl VhostUserBackendMut for FsBackend {

@@ -140,35 +140,42 @@ impl FuseSession {
         data: &[u8],
         reply_len: Option<usize>,
     ) -> Result<Vec<u8>> {
-        self.call_with(opcode, nodeid, args, data, reply_len, None)
+        self.call_with(opcode, nodeid, args, data, &[], reply_len, &[])
             .map(|(payload, _)| payload)
     }
 
-    /// [`Self::call`] whose reply data may go to a buffer of the caller's, `out`, instead of the
-    /// scratch area (the reply header still lands in the scratch area). Returns the payload read
-    /// from the scratch area, and the reply's length: the used length the device reported, or
-    /// with `out`, the length the reply header gives (checked against the room offered).
+    /// [`Self::call`] whose request data may also come from buffers of the caller's, `data_at`
+    /// (after `data`, one descriptor each), and whose reply data may go to buffers of the
+    /// caller's, `out`, instead of the scratch area (the reply header and `reply_len` bytes
+    /// still land in the scratch area). Returns the payload read from the scratch area, and the
+    /// reply's length: the used length the device reported, or with `out`, the length the reply
+    /// header gives (checked against the room offered).
+    #[allow(clippy::too_many_arguments)]
     fn call_with(
         &mut self,
         opcode: u32,
         nodeid: u64,
         args: &[&[u8]],
         data: &[u8],
+        data_at: &[(GuestAddress, u32)],
         reply_len: Option<usize>,
-        out: Option<(GuestAddress, u32)>,
+        out: &[(GuestAddress, u32)],
     ) -> Result<(Vec<u8>, u32)> {
         let header = self.header(opcode, nodeid);
         let unique = header.unique;
         let mut req = fuse::request(header, args);
         let arg_len = req.len();
-        let total = arg_len + data.len();
-        if total > self.half {
+        let in_scratch = arg_len + data.len();
+        if in_scratch > self.half {
             return Err(GuestError::TooLarge {
-                len: total,
+                len: in_scratch,
                 room: self.half,
             });
         }
-        // `len` covers the data too; it travels in its own descriptor.
+        let total = data_at
+            .iter()
+            .fold(in_scratch as u64, |t, b| t + u64::from(b.1));
+        // `len` covers the data too; it travels in its own descriptors.
         req[0..4].copy_from_slice(&(total as u32).to_le_bytes());
         let mem = self.queue.memory().clone();
         mem.write_slice(&req, self.req_area)?;
@@ -178,6 +185,7 @@ impl FuseSession {
             mem.write_slice(data, at)?;
             readable.push((at, data.len() as u32));
         }
+        readable.extend_from_slice(data_at);
         let hsize = std::mem::size_of::<OutHeader>();
         let mut writable = Vec::new();
         if let Some(n) = reply_len {
@@ -193,9 +201,7 @@ impl FuseSession {
                 writable.push((self.reply_area.unchecked_add(hsize as u64), n as u32));
             }
         }
-        if let Some(buf) = out {
-            writable.push(buf);
-        }
+        writable.extend_from_slice(out);
         let timeout = self.timeout;
         let q = match (&mut self.hiprio, opcode) {
             (Some(h), FUSE_FORGET) => h,
@@ -215,13 +221,14 @@ impl FuseSession {
         let Some(n) = reply_len else {
             return Ok((Vec::new(), len));
         };
-        if let Some((_, room)) = out {
-            // The data went to the caller's buffer: check the header alone, whose `len` counts
+        if !out.is_empty() {
+            // The data went to the caller's buffers: check the header alone, whose `len` counts
             // that data too.
             let mut h = [0u8; std::mem::size_of::<OutHeader>()];
             mem.read_slice(&mut h, self.reply_area)?;
             let header = OutHeader::from_slice(&h).copied().unwrap_or_default();
-            let limit = (hsize + n) as u64 + u64::from(room);
+            let room: u64 = out.iter().map(|b| u64::from(b.1)).sum();
+            let limit = (hsize + n) as u64 + room;
             let bad = if header.unique != unique {
                 Some(format!("unique {} for request {unique}", header.unique))
             } else if u64::from(header.len) < hsize as u64 || u64::from(header.len) > limit {
@@ -240,7 +247,9 @@ impl FuseSession {
                     error: header.error,
                 });
             }
-            return Ok((Vec::new(), header.len));
+            let mut payload = vec![0u8; n];
+            mem.read_slice(&mut payload, self.reply_area.unchecked_add(hsize as u64))?;
+            return Ok((payload, header.len));
         }
         let written = (len as usize).min(hsize + n);
         let mut reply = vec![0u8; written];
@@ -362,6 +371,21 @@ impl FuseSession {
         size: u32,
         buf: GuestAddress,
     ) -> Result<u32> {
+        self.read_into_bufs(nodeid, fh, offset, &[(buf, size)])
+    }
+
+    /// READ at `offset` into the guest buffers `bufs` (address and length each, one descriptor
+    /// each, in RAM or in a DAX window, as a `readv(2)` or a `read(2)` into memory that is only
+    /// partly a DAX mapping gives), as many bytes as they hold together. Returns the number of
+    /// bytes read.
+    pub fn read_into_bufs(
+        &mut self,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        bufs: &[(GuestAddress, u32)],
+    ) -> Result<u32> {
+        let size = total_len(bufs)?;
         let arg = ReadIn {
             fh,
             offset,
@@ -373,11 +397,78 @@ impl FuseSession {
             nodeid,
             &[arg.as_slice()],
             &[],
+            &[],
             Some(0),
-            Some((buf, size)),
+            bufs,
         )?;
         let hsize = std::mem::size_of::<OutHeader>() as u32;
         Ok(used - hsize)
+    }
+
+    /// WRITE `size` bytes at `offset` from the guest buffer at `buf`, which may lie anywhere in
+    /// the guest's physical address space: in RAM, or in a DAX window (a guest `write(2)` from a
+    /// DAX-mapped buffer), where the backend cannot see it and must have the front-end do the
+    /// copy (legacy FS_IO). Returns the bytes written.
+    pub fn write_from(
+        &mut self,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        buf: GuestAddress,
+    ) -> Result<u32> {
+        self.write_from_bufs(nodeid, fh, offset, &[(buf, size)])
+    }
+
+    /// WRITE at `offset` the bytes of the guest buffers `bufs` (address and length each, one
+    /// descriptor each, in RAM or in a DAX window), in order. Returns the bytes written.
+    pub fn write_from_bufs(
+        &mut self,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        bufs: &[(GuestAddress, u32)],
+    ) -> Result<u32> {
+        let size = total_len(bufs)?;
+        let arg = WriteIn {
+            fh,
+            offset,
+            size,
+            ..Default::default()
+        };
+        let (payload, _) = self.call_with(
+            FUSE_WRITE,
+            nodeid,
+            &[arg.as_slice()],
+            &[],
+            bufs,
+            Some(std::mem::size_of::<WriteOut>()),
+            &[],
+        )?;
+        Ok(read_struct::<WriteOut>(&payload).size)
+    }
+
+    /// Any request, with request data in the caller's guest buffers `data_at` (after `args`,
+    /// one descriptor each) and reply room in the caller's guest buffers `out` (after the
+    /// reply header and `reply_len` bytes in the scratch area), each anywhere in the guest's
+    /// physical address space. Returns the `reply_len` bytes of the scratch area after the
+    /// reply header and the reply's length (as the header gives it when `out` is not empty,
+    /// else the used length), or the error the reply carries.
+    pub fn request_with_bufs(
+        &mut self,
+        opcode: u32,
+        nodeid: u64,
+        args: &[&[u8]],
+        data_at: &[(GuestAddress, u32)],
+        reply_len: usize,
+        out: &[(GuestAddress, u32)],
+    ) -> Result<(Vec<u8>, u32)> {
+        self.call_with(opcode, nodeid, args, &[], data_at, Some(reply_len), out)
+    }
+
+    /// The request queue's driver, to send chains by hand.
+    pub fn queue_mut(&mut self) -> &mut SplitQueueDriver {
+        &mut self.queue
     }
 
     /// WRITE `data` at `offset`: the bytes written.
@@ -465,4 +556,13 @@ impl FuseSession {
         self.call(FUSE_FORGET, nodeid, &[arg.as_slice()], &[], None)?;
         Ok(())
     }
+}
+
+/// The length of `bufs` together, which a READ or WRITE size (a `u32`) must hold.
+fn total_len(bufs: &[(GuestAddress, u32)]) -> Result<u32> {
+    let total: u64 = bufs.iter().map(|b| u64::from(b.1)).sum();
+    u32::try_from(total).map_err(|_| GuestError::TooLarge {
+        len: usize::try_from(total).unwrap_or(usize::MAX),
+        room: u32::MAX as usize,
+    })
 }

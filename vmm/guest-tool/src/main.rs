@@ -10,12 +10,23 @@
 //!                                         read every page again and print the checksum
 //! vfd-guest bench seq FILE                read FILE twice in 1 MiB read()s: cold, then warm
 //! vfd-guest bench rand FILE COUNT         COUNT 4 KiB pread()s at random offsets, twice
+//! vfd-guest write-from-map SRC DST        map SRC (MAP_SHARED), create DST and write(2) the
+//!                                         mapping into it; then read DST back and compare.
+//!                                         Prints `copied` or `refused with errno N (NAME)`
+//!                                         (DST then holds none of it), fails otherwise
+//! vfd-guest read-into-map SRC DST         create DST as large as SRC, map it (MAP_SHARED,
+//!                                         writable), read(2) SRC into the mapping, msync;
+//!                                         then read DST back and compare with SRC
 //! ```
+//!
+//! On a DAX mount, `write-from-map` hands the kernel a user buffer that is itself a DAX mapping:
+//! a write that extends DST goes to the device as FUSE_WRITE whose data pages are the window's,
+//! which the backend cannot see.
 //!
 //! Every result line starts with the subcommand, so a test script can grep for it.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::process::ExitCode;
@@ -155,6 +166,93 @@ fn hold(path: &str) -> Result<()> {
     }
 }
 
+/// The whole of `path` mapped read-only (MAP_SHARED), with its length.
+fn map_whole(path: &str) -> Result<(File, Mapping)> {
+    let file = File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let len = file.metadata().map_err(|e| format!("{path}: {e}"))?.len() as usize;
+    if len == 0 {
+        return Err(format!("{path} is empty"));
+    }
+    let map = Mapping::new(&file, 0, len, false)?;
+    Ok((file, map))
+}
+
+/// What `read()` gives for the whole of `path`.
+fn read_back(path: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| format!("reading {path} back: {e}"))
+}
+
+fn write_from_map(src: &str, dst: &str) -> Result<()> {
+    let (_src_file, map) = map_whole(src)?;
+    let want = map.bytes().to_vec();
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dst)
+        .map_err(|e| format!("{dst}: {e}"))?;
+    // One write(2) of the whole mapping: DST is empty, so the write extends it, and the kernel
+    // sends it to the device with the mapping's own pages.
+    match out.write(map.bytes()) {
+        Ok(n) if n == want.len() => {}
+        Ok(n) => return Err(format!("write: {n} of {} bytes", want.len())),
+        Err(e) => {
+            let errno = e.raw_os_error().unwrap_or(0);
+            drop(out);
+            let back = read_back(dst)?;
+            if !back.is_empty() {
+                return Err(format!(
+                    "write failed ({e}) but {dst} holds {} bytes",
+                    back.len()
+                ));
+            }
+            println!("write-from-map: refused with errno {errno} ({e}); {dst} is empty");
+            return Ok(());
+        }
+    }
+    out.sync_all().map_err(|e| format!("fsync {dst}: {e}"))?;
+    drop(out);
+    if read_back(dst)? != want {
+        return Err(format!("{dst} differs from the mapping of {src}"));
+    }
+    println!(
+        "write-from-map: copied {} bytes from a mapping of {src} into {dst}, read back equal",
+        want.len()
+    );
+    Ok(())
+}
+
+fn read_into_map(src: &str, dst: &str) -> Result<()> {
+    let want = read_back(src)?;
+    if want.is_empty() {
+        return Err(format!("{src} is empty"));
+    }
+    let out = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dst)
+        .map_err(|e| format!("{dst}: {e}"))?;
+    out.set_len(want.len() as u64)
+        .map_err(|e| format!("ftruncate {dst}: {e}"))?;
+    let mut map = Mapping::new(&out, 0, want.len(), true)?;
+    let mut file = File::open(src).map_err(|e| format!("{src}: {e}"))?;
+    file.read_exact(map.bytes_mut())
+        .map_err(|e| format!("read {src} into the mapping of {dst}: {e}"))?;
+    map.sync()?;
+    drop(map);
+    drop(out);
+    if read_back(dst)? != want {
+        return Err(format!("{dst} differs from {src}"));
+    }
+    println!(
+        "read-into-map: read {} bytes of {src} into a mapping of {dst}, read back equal",
+        want.len()
+    );
+    Ok(())
+}
+
 /// Returns MiB/s of one sequential pass.
 fn seq_pass(path: &str, buf: &mut [u8]) -> Result<(f64, u64)> {
     let mut file = File::open(path).map_err(|e| format!("{path}: {e}"))?;
@@ -221,8 +319,11 @@ fn main() -> ExitCode {
         Some("mmap-write") if args.len() == 4 => mmap_write(&args[1], &args[2], &args[3]),
         Some("hold") if args.len() == 2 => hold(&args[1]),
         Some("bench") => bench(&args[1..]),
+        Some("write-from-map") if args.len() == 3 => write_from_map(&args[1], &args[2]),
+        Some("read-into-map") if args.len() == 3 => read_into_map(&args[1], &args[2]),
         _ => Err(
-            "usage: vfd-guest mmap-write FILE OFFSET TEXT | hold FILE | bench seq FILE | bench rand FILE COUNT"
+            "usage: vfd-guest mmap-write FILE OFFSET TEXT | hold FILE | bench seq FILE | \
+             bench rand FILE COUNT | write-from-map SRC DST | read-into-map SRC DST"
                 .into(),
         ),
     };
