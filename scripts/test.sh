@@ -41,6 +41,11 @@ if [ ! -x "$TOOLS/bin/virtiofsd" ]; then
 fi
 export VIRTIOFSD="$TOOLS/bin/virtiofsd"
 "$VIRTIOFSD" --version
+# virtiofsd-dax: the same release with the patches of peers/virtiofsd-dax (DAX through
+# SHMEM_MAP), rebuilt when the patches change (tests/virtiofsd_dax.rs finds it here).
+bash peers/virtiofsd-dax/build.sh "$TOOLS/bin"
+export VIRTIOFSD_DAX="$TOOLS/bin/virtiofsd-dax"
+"$VIRTIOFSD_DAX" --version
 # The DAX-capable backend peer (its own workspace and dependency versions).
 (cd peers/dax-backend && cargo build --release --locked)
 export DAX_BACKEND="$PWD/peers/dax-backend/target/release/dax-backend"
@@ -75,13 +80,17 @@ step "real guest: dax-vmm boots Linux, which mounts with dax=always (KVM directl
 # Two L1 boots where the route is nested (each bounded by VFD_L1_TIMEOUT, retried once if L1
 # itself locks up). First, virtio-mmio: the KVM check, a plain boot, and the DAX mount against the
 # dax-backend process in both dialects (each with a reboot; the standard one also with the
-# backend killed and restarted), then against virtiofsd.
+# backend killed and restarted), against virtiofsd-dax (reboot, killed and restarted), then
+# against stock virtiofsd (no window: the fallback).
 VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1500} bash scripts/with-kvm.sh bash -c 'python3 scripts/kvm-check.py &&
     bash vmm/scripts/boot-smoke.sh && VFD_KILL=1 bash vmm/scripts/dax-smoke.sh &&
-    VFD_DIALECT=legacy bash vmm/scripts/dax-smoke.sh && VFD_BACKEND=virtiofsd bash vmm/scripts/dax-smoke.sh'
-# Then virtio-pci: the DAX mount, a guest that misuses the PCI function, and virtio-mmio and
-# virtio-pci in one guest.
+    VFD_DIALECT=legacy bash vmm/scripts/dax-smoke.sh &&
+    VFD_KILL=1 VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh &&
+    VFD_BACKEND=virtiofsd bash vmm/scripts/dax-smoke.sh'
+# Then virtio-pci: the DAX mount against dax-backend and against virtiofsd-dax, a guest that
+# misuses the PCI function, and virtio-mmio and virtio-pci in one guest.
 VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1500} bash scripts/with-kvm.sh bash -c 'VFD_TRANSPORT=pci bash vmm/scripts/dax-smoke.sh &&
+    VFD_TRANSPORT=pci VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh &&
     bash vmm/scripts/pci-abuse.sh && bash vmm/scripts/pci-mixed.sh'
 
 step "miri (the decoder and the range bookkeeping)"

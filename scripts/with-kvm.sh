@@ -14,7 +14,8 @@
 #   a working /dev/kvm (nested paging off, shadow paging). L1 sees the host's whole file system
 #   read-only at the same paths, the current directory read-write, and a tmpfs on /tmp, /run and
 #   /dev/shm; the command runs there in a chroot, as root, from the current directory, with the
-#   variables VFD_*, DAX_*, VIRTIOFSD, RUST_LOG, RUST_BACKTRACE and CI of the caller.
+#   variables VFD_*, DAX_*, VIRTIOFSD, VIRTIOFSD_DAX, RUST_LOG, RUST_BACKTRACE and CI of the
+#   caller.
 #
 # What it needs comes from Debian's packages and is installed when missing: qemu-system-x86,
 # busybox-static, cpio. The kernel is the current Debian kernel package (the one
@@ -125,7 +126,7 @@ cwd=$(pwd -P)
     # The project's own settings cross into L1 too.
     while IFS='=' read -r name _; do
         case "$name" in
-        VFD_* | DAX_* | VIRTIOFSD | RUST_LOG | RUST_BACKTRACE | CI)
+        VFD_* | DAX_* | VIRTIOFSD | VIRTIOFSD_DAX | RUST_LOG | RUST_BACKTRACE | CI)
             printf 'export %s=%q\n' "$name" "${!name}"
             ;;
         esac

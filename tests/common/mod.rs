@@ -531,6 +531,55 @@ pub fn start_virtiofsd(socket: &std::path::Path, shared: &std::path::Path) -> Pe
     )
 }
 
+/// virtiofsd-dax (virtiofsd with the patches of peers/virtiofsd-dax): `$VIRTIOFSD_DAX`, then
+/// `~/.local/virtio-fs-dax/bin/virtiofsd-dax` (where `scripts/test.sh` installs it). Panics
+/// with how to get it when missing.
+pub fn virtiofsd_dax() -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    let candidates = std::env::var_os("VIRTIOFSD_DAX")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".local/virtio-fs-dax/bin/virtiofsd-dax")),
+        );
+    for c in candidates {
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!(
+        "virtiofsd-dax not found: run scripts/test.sh, which builds it, or \
+         `bash peers/virtiofsd-dax/build.sh ~/.local/virtio-fs-dax/bin` (needs libseccomp-dev \
+         and libcap-ng-dev), or point $VIRTIOFSD_DAX at a virtiofsd-dax binary"
+    );
+}
+
+/// Starts virtiofsd-dax on `socket`, serving `shared` through a DAX window of `window` bytes,
+/// without a sandbox, with `extra` arguments.
+pub fn start_virtiofsd_dax(
+    socket: &std::path::Path,
+    shared: &std::path::Path,
+    window: u64,
+    extra: &[&str],
+) -> PeerProcess {
+    let window = window.to_string();
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--socket-path".as_ref(),
+        socket.as_os_str(),
+        "--shared-dir".as_ref(),
+        shared.as_os_str(),
+        "--sandbox".as_ref(),
+        "none".as_ref(),
+        "--log-level".as_ref(),
+        "error".as_ref(),
+        "--dax-window-size".as_ref(),
+        window.as_ref(),
+    ];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    PeerProcess::start(&virtiofsd_dax(), &args, socket)
+}
+
 /// Activates `fs` (built with queue size 128) with a simulated guest: 64 MiB of memfd RAM, the
 /// high-priority and one request queue at 1 MiB and 2 MiB, and a FUSE session whose buffers
 /// live at 4..8 MiB. Returns the session, not yet initialised.

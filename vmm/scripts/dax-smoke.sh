@@ -20,6 +20,9 @@
 #   bridge, and one boot only (the VMM does not reboot a guest with PCI devices); the guest also
 #   checks what it sees on PCI, the host that the window is at the BAR.
 #   VFD_KILL=1: kill and restart the backend in the second boot.
+#   VFD_BACKEND=virtiofsd-dax: against virtiofsd-dax (virtiofsd with the patches of
+#   peers/virtiofsd-dax: DAX through SHMEM_MAP, standard dialect only) instead of dax-backend,
+#   under its default seccomp filter; every check above applies.
 #   VFD_BACKEND=virtiofsd: against virtiofsd instead (no DAX), one boot: the device is configured
 #   with a window and `fallback=disable`, so it finds out at connect that virtiofsd cannot serve
 #   it and offers none; the guest says so, `dax=always` is refused, a plain mount reads and writes;
@@ -28,9 +31,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . vmm/scripts/common.sh
 [ "${VFD_BACKEND:-}" = virtiofsd ] && backend=${VIRTIOFSD:-$HOME/.local/virtio-fs-dax/bin/virtiofsd}
+[ "${VFD_BACKEND:-}" = virtiofsd-dax ] &&
+    backend=${VIRTIOFSD_DAX:-$HOME/.local/virtio-fs-dax/bin/virtiofsd-dax}
 need_built dax-smoke "$vmm" "$backend" "$tool"
 guest_kernel
 dialect=${VFD_DIALECT:-standard}
+if [ "${VFD_BACKEND:-}" = virtiofsd-dax ] && [ "$dialect" != standard ]; then
+    echo "dax-smoke: virtiofsd-dax speaks the standard dialect only" >&2
+    exit 2
+fi
 transport=${VFD_TRANSPORT:-mmio}
 
 work=$(mktemp -d)
@@ -208,6 +217,7 @@ guest_pack "$root" "$work/initrd.img"
 extra=()
 [ "$dialect" = legacy ] && extra=(--legacy)
 [ "${VFD_BACKEND:-}" = virtiofsd ] && extra=(--sandbox none)
+[ "${VFD_BACKEND:-}" = virtiofsd-dax ] && extra=(--sandbox none --dax-window-size "$window")
 start_backend() {
     rm -f "$work/dax.sock"
     "$backend" --socket-path "$work/dax.sock" --shared-dir "$shared" "${extra[@]}" 2>>"$work/backend.log" &
@@ -267,7 +277,9 @@ if [ "$status" = 0 ]; then
                 status=1
             fi
             # The backend saw the window's pages (and said why it refused them).
-            grep -q "opcode 16) with a buffer outside guest RAM: no FS_IO" "$work/backend.log" || {
+            said="opcode 16) with a buffer outside guest RAM: no FS_IO"
+            [ "${VFD_BACKEND:-}" = virtiofsd-dax ] && said="replying EFAULT"
+            grep -q "$said" "$work/backend.log" || {
                 echo "dax-smoke: the backend saw no FUSE_WRITE from the window" >&2
                 status=1
             }
