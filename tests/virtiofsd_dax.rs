@@ -163,6 +163,24 @@ fn maps_reads_writes_upgrades_and_survives_a_restart() {
         s.getattr(nodeid).expect("served after").size,
         data.len() as u64
     );
+    // The same for a FUSE_WRITE from the window (a guest write(2) from a DAX mapping): EFAULT,
+    // nothing written, the daemon goes on.
+    let e = s
+        .write_from(
+            nodeid,
+            fh,
+            0,
+            4096,
+            vm_memory::GuestAddress(WIN_GPA + 2 * MIB),
+        )
+        .expect_err("a buffer in the window");
+    assert_eq!(errno(e), libc::EFAULT);
+    let mut first = [0u8; 8];
+    std::fs::File::open(shared.join("data.bin"))
+        .unwrap()
+        .read_exact_at(&mut first, 0)
+        .unwrap();
+    assert_eq!(first, data[..8], "nothing written");
     assert!(daemon.is_running());
     s.release(nodeid, fh, 0).expect("RELEASE");
 
