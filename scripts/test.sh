@@ -92,6 +92,12 @@ VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1500} bash scripts/with-kvm.sh bash -c 'python3
 VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1500} bash scripts/with-kvm.sh bash -c 'VFD_TRANSPORT=pci bash vmm/scripts/dax-smoke.sh &&
     VFD_TRANSPORT=pci VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh &&
     bash vmm/scripts/pci-abuse.sh && bash vmm/scripts/pci-mixed.sh'
+# Then a newer guest kernel beside the current one (Debian's linux-image-6.12-amd64, FUSE_DAX
+# built in; L1 keeps the current kernel): the DAX mount against dax-backend, and against
+# virtiofsd-dax killed and restarted.
+VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1500} VFD_GUEST_KERNEL=linux-image-6.12-amd64 bash scripts/with-kvm.sh bash -c '
+    VFD_KERNEL_DIR=$VFD_GUEST_KERNEL_DIR bash vmm/scripts/dax-smoke.sh &&
+    VFD_KERNEL_DIR=$VFD_GUEST_KERNEL_DIR VFD_KILL=1 VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh'
 
 step "miri (the decoder and the range bookkeeping)"
 # The pure modules under Miri: the decoder (src/protocol, bodies at every alignment) and

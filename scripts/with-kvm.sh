@@ -22,7 +22,9 @@
 # linux-image-amd64 depends on), downloaded with apt-get once into $VFD_KERNEL_CACHE (default
 # ~/.cache/virtio-fs-dax/kernel) and unpacked there; its path is exported to the command as
 # VFD_KERNEL_DIR (boot/vmlinuz-*, lib/modules/*), so the command can boot the same kernel as its
-# own guest ("L2").
+# own guest ("L2"). With VFD_GUEST_KERNEL set to another Debian kernel meta package (say
+# linux-image-6.12-amd64), that kernel is fetched the same way and exported as
+# VFD_GUEST_KERNEL_DIR, for the command to boot as L2 (L1 keeps the current one).
 #
 # Settings (environment): VFD_WITH_KVM=direct|nested (default: detect), VFD_L1_MEM_MIB (3072),
 # VFD_L1_CPUS (2), VFD_L1_TIMEOUT seconds per boot of L1 (900), VFD_L1_RETRIES (1: boots of L1
@@ -41,16 +43,18 @@ command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
 [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 
-# The kernel: the package linux-image-amd64 depends on now, unpacked once into the cache.
+# kernel_dir [META]: the kernel package META (default linux-image-amd64) depends on now,
+# unpacked once into the cache.
 kernel_dir() {
     local cache=${VFD_KERNEL_CACHE:-$HOME/.cache/virtio-fs-dax/kernel}
+    local meta=${1:-linux-image-amd64}
     local pkg
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+    pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
     if [ -z "$pkg" ]; then
         apt-get update -qq >&2
-        pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+        pkg=$(apt-cache depends "$meta" | awk '/Depends: linux-image-/ {print $2; exit}')
     fi
-    [ -n "$pkg" ] || { echo "with-kvm: cannot resolve linux-image-amd64's kernel package" >&2; return 1; }
+    [ -n "$pkg" ] || { echo "with-kvm: cannot resolve $meta's kernel package" >&2; return 1; }
     local dir=$cache/$pkg
     if [ ! -d "$dir/boot" ]; then
         mkdir -p "$cache"
@@ -74,6 +78,13 @@ if [ -z "$mode" ]; then
     else
         mode=nested
     fi
+fi
+
+# Another kernel for the command's guests (L2) only, when asked: VFD_GUEST_KERNEL names its
+# Debian meta package (say linux-image-6.12-amd64); the command gets it as VFD_GUEST_KERNEL_DIR.
+if [ -n "${VFD_GUEST_KERNEL:-}" ]; then
+    VFD_GUEST_KERNEL_DIR=$(kernel_dir "$VFD_GUEST_KERNEL")
+    export VFD_GUEST_KERNEL_DIR
 fi
 
 if [ "$mode" = direct ]; then

@@ -41,18 +41,7 @@ fn shared_with(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
 /// daemon on `socket` and activated by the simulated guest; the FUSE session initialised as a
 /// DAX mount does (MAP_ALIGNMENT asked).
 fn device(socket: &Path, window: u64) -> (Fs, FuseSession) {
-    let mut fs = Fs::builder("dax")
-        .socket_path(socket)
-        .window_size(window)
-        .dialect(Dialect::Standard)
-        .queue_size(128)
-        .build()
-        .unwrap();
-    fs.set_shm_base(0, WIN_GPA).unwrap();
-    fs.connect().unwrap();
-    assert!(fs.window_offered(), "virtiofsd-dax offers SHMEM");
-    fs.ack_features(fs.features());
-    let mut s = common::activate_with_guest(&mut fs).expect("activate against virtiofsd-dax");
+    let (fs, mut s) = common::dax_device_with(socket, WIN_GPA, window, Dialect::Standard, false);
     let n = fs.session().unwrap().negotiated();
     assert!(n.dax, "DAX negotiated");
     assert!(n.backend_protocol.contains(P::SHMEM), "bit 22");
@@ -272,13 +261,13 @@ fn a_read_only_share_refuses_writable_mappings() {
 }
 
 /// What a front-end asks before it gives the device a window: the SHMEM bit (22, not vhost
-/// 0.16's 21) and the region's size in GET_SHMEM_CONFIG.
+/// 0.16's 21) and the region's size in GET_SHMEM_CONFIG; and a clean exit when it leaves.
 #[test]
 fn offers_shmem_at_bit_22_and_reports_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let shared = shared_with(dir.path(), "f", b"f");
     let socket = dir.path().join("vfs.sock");
-    let _daemon = start_virtiofsd_dax(&socket, &shared, 256 * MIB, &[]);
+    let mut daemon = start_virtiofsd_dax(&socket, &shared, 256 * MIB, &[]);
     let mut fe = Frontend::connect(&socket, 2).unwrap();
     fe.set_owner().unwrap();
     let features = fe.get_features().unwrap();
@@ -293,6 +282,12 @@ fn offers_shmem_at_bit_22_and_reports_the_window() {
     let config = fe.get_shmem_config().unwrap();
     assert_eq!(config.nregions, 1);
     assert_eq!(config.memory_sizes[0], 256 * MIB);
+
+    // The front-end goes away: the daemon ends on its own, not killed by its own seccomp
+    // filter (vhost-user-backend 0.24 shuts the connection down on the way out).
+    drop(fe);
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
 }
 
 /// A window size that is zero or not page aligned: the daemon refuses to start, and says why.

@@ -377,6 +377,18 @@ impl PeerProcess {
         PeerProcess(child)
     }
 
+    /// Waits (`timeout` at most) for the process to exit on its own, and returns how it ended.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < timeout, "the process did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Whether the process is still running (it has not exited).
     pub fn is_running(&mut self) -> bool {
         matches!(self.0.try_wait(), Ok(None))
@@ -618,11 +630,23 @@ pub fn dax_device(
     window: u64,
     dialect: Dialect,
 ) -> (virtio_fs_dax::Fs, virtio_fs_dax::test_utils::FuseSession) {
+    dax_device_with(socket, window_gpa, window, dialect, true)
+}
+
+/// [`dax_device`], with the exact-range replace policy given (`false`: spec-strict).
+#[cfg(feature = "test-utils")]
+pub fn dax_device_with(
+    socket: &std::path::Path,
+    window_gpa: u64,
+    window: u64,
+    dialect: Dialect,
+    replace_exact: bool,
+) -> (virtio_fs_dax::Fs, virtio_fs_dax::test_utils::FuseSession) {
     let mut fs = virtio_fs_dax::Fs::builder("dax")
         .socket_path(socket)
         .window_size(window)
         .dialect(dialect)
-        .replace_exact(true)
+        .replace_exact(replace_exact)
         .queue_size(128)
         .build()
         .unwrap();
@@ -633,7 +657,7 @@ pub fn dax_device(
         "decided at connect: this backend serves the window"
     );
     fs.ack_features(fs.features());
-    let s = activate_with_guest(&mut fs).expect("activate against dax-backend");
+    let s = activate_with_guest(&mut fs).expect("activate against the backend");
     assert!(fs.session().unwrap().negotiated().dax, "DAX negotiated");
     (fs, s)
 }

@@ -10,10 +10,13 @@
 # DAX / plain, and the VMM's SETUPMAPPING round trip (p50, p99). Run it where /dev/kvm boots
 # Linux: `bash scripts/with-kvm.sh bash vmm/scripts/guest-bench.sh` from the repository.
 # Under nested TCG the absolute figures mean little; the ratios are what to read.
-#   VFD_BENCH_MIB (default 128): the file's size; VFD_BENCH_WINDOW (default 256M); VFD_DIALECT.
+#   VFD_BENCH_MIB (default 128): the file's size; VFD_BENCH_WINDOW (default 256M); VFD_DIALECT;
+#   VFD_BACKEND=virtiofsd-dax: against virtiofsd-dax (peers/virtiofsd-dax) instead of dax-backend.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . vmm/scripts/common.sh
+[ "${VFD_BACKEND:-}" = virtiofsd-dax ] &&
+    backend=${VIRTIOFSD_DAX:-$HOME/.local/virtio-fs-dax/bin/virtiofsd-dax}
 need_built guest-bench "$vmm" "$backend" "$tool"
 guest_kernel
 mib=${VFD_BENCH_MIB:-128}
@@ -51,6 +54,8 @@ guest_pack "$root" "$work/initrd.img"
 
 extra=()
 [ "${VFD_DIALECT:-standard}" = legacy ] && extra=(--legacy)
+[ "${VFD_BACKEND:-}" = virtiofsd-dax ] &&
+    extra=(--sandbox none --dax-window-size "${VFD_BENCH_WINDOW:-256M}")
 "$backend" --socket-path "$work/dax.sock" --shared-dir "$work/shared" "${extra[@]}" 2>"$work/backend.log" &
 bpid=$!
 for _ in $(seq 100); do [ -S "$work/dax.sock" ] && break; sleep 0.1; done
