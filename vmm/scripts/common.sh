@@ -35,9 +35,18 @@ guest_root() {
     if [ -x "$tool" ]; then cp "$tool" "$root/bin/vfd-guest"; fi
     : >"$root/mods/order"
     for m in "$@"; do
-        f=$(find "$moddir/kernel" -name "$m.ko" | head -n1)
-        [ -n "$f" ] || { echo "module $m not in $moddir, skipped" >&2; continue; }
-        cp "$f" "$root/mods/$m.ko"
+        # Debian ships modules plain (6.1) or compressed (6.12); busybox's insmod wants them plain.
+        f=$(find "$moddir/kernel" -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" | head -n1)
+        if [ -z "$f" ]; then
+            grep -qE "/$m\.ko" "$moddir/modules.builtin" 2>/dev/null ||
+                echo "module $m not in $moddir, skipped" >&2
+            continue
+        fi
+        case "$f" in
+        *.xz) xz -dc "$f" >"$root/mods/$m.ko" ;;
+        *.zst) zstd -qdc "$f" >"$root/mods/$m.ko" ;;
+        *) cp "$f" "$root/mods/$m.ko" ;;
+        esac
         echo "$m" >>"$root/mods/order"
     done
 }
