@@ -496,33 +496,39 @@ pub fn start_dax_backend(
     PeerProcess::start(&dax_backend(), &args, socket)
 }
 
+/// `$env`, then `~/.local/virtio-fs-dax/bin/NAME` (where `scripts/test.sh` installs the
+/// peers), then, with `search_path`, `PATH`: the first that is a file.
+fn find_peer(env: &str, name: &str, search_path: bool) -> Option<std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    let home =
+        std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/virtio-fs-dax/bin").join(name));
+    let path = std::env::var_os("PATH")
+        .filter(|_| search_path)
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    std::env::var_os(env)
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(home)
+        .chain(path)
+        .find(|c| c.is_file())
+}
+
 /// virtiofsd: `$VIRTIOFSD`, then `~/.local/virtio-fs-dax/bin/virtiofsd` (where
 /// `scripts/test.sh` installs it), then `PATH`. Panics with how to get it when missing.
 pub fn virtiofsd() -> std::path::PathBuf {
-    use std::path::{Path, PathBuf};
-    let candidates = std::env::var_os("VIRTIOFSD")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            std::env::var_os("HOME")
-                .map(|h| Path::new(&h).join(".local/virtio-fs-dax/bin/virtiofsd")),
+    find_peer("VIRTIOFSD", "virtiofsd", true).unwrap_or_else(|| {
+        panic!(
+            "virtiofsd not found: run scripts/test.sh, which installs it, or \
+             `apt-get install -y libseccomp-dev libcap-ng-dev && \
+             cargo install --locked virtiofsd@1.14.0 --root ~/.local/virtio-fs-dax`, \
+             or point $VIRTIOFSD at a virtiofsd binary"
         )
-        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("virtiofsd"))
-                .collect::<Vec<_>>()
-        }));
-    for c in candidates {
-        if c.is_file() {
-            return c;
-        }
-    }
-    panic!(
-        "virtiofsd not found: run scripts/test.sh, which installs it, or \
-         `apt-get install -y libseccomp-dev libcap-ng-dev && \
-         cargo install --locked virtiofsd@1.14.0 --root ~/.local/virtio-fs-dax`, \
-         or point $VIRTIOFSD at a virtiofsd binary"
-    );
+    })
 }
 
 /// Starts virtiofsd on `socket`, serving `shared`, without a sandbox.
@@ -547,24 +553,13 @@ pub fn start_virtiofsd(socket: &std::path::Path, shared: &std::path::Path) -> Pe
 /// `~/.local/virtio-fs-dax/bin/virtiofsd-dax` (where `scripts/test.sh` installs it). Panics
 /// with how to get it when missing.
 pub fn virtiofsd_dax() -> std::path::PathBuf {
-    use std::path::{Path, PathBuf};
-    let candidates = std::env::var_os("VIRTIOFSD_DAX")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            std::env::var_os("HOME")
-                .map(|h| Path::new(&h).join(".local/virtio-fs-dax/bin/virtiofsd-dax")),
-        );
-    for c in candidates {
-        if c.is_file() {
-            return c;
-        }
-    }
-    panic!(
-        "virtiofsd-dax not found: run scripts/test.sh, which builds it, or \
-         `bash peers/virtiofsd-dax/build.sh ~/.local/virtio-fs-dax/bin` (needs libseccomp-dev \
-         and libcap-ng-dev), or point $VIRTIOFSD_DAX at a virtiofsd-dax binary"
-    );
+    find_peer("VIRTIOFSD_DAX", "virtiofsd-dax", false).unwrap_or_else(|| {
+        panic!(
+            "virtiofsd-dax not found: run scripts/test.sh, which builds it, or \
+             `bash peers/virtiofsd-dax/build.sh ~/.local/virtio-fs-dax/bin` (needs \
+             libseccomp-dev and libcap-ng-dev), or point $VIRTIOFSD_DAX at a virtiofsd-dax binary"
+        )
+    })
 }
 
 /// Starts virtiofsd-dax on `socket`, serving `shared` through a DAX window of `window` bytes,
