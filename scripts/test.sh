@@ -77,12 +77,12 @@ step "real guest: dax-vmm boots Linux, which mounts with dax=always (KVM directl
     cargo build --release --locked)
 (cd vmm/guest-tool && cargo fmt -- --check &&
     cargo clippy --release --locked -- "${CLIPPY_FLAGS[@]}" && cargo build --release --locked)
-# Two L1 boots where the route is nested (each bounded by VFD_L1_TIMEOUT, retried once if L1
+# Three L1 boots where the route is nested (each bounded by VFD_L1_TIMEOUT, retried once if L1
 # itself locks up). First, virtio-mmio: the KVM check, a plain boot, and the DAX mount against the
 # dax-backend process in both dialects (each with a reboot; the standard one also with the
 # backend killed and restarted), against virtiofsd-dax (reboot, killed and restarted), then
 # against stock virtiofsd (no window: the fallback).
-VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1500} bash scripts/with-kvm.sh bash -c 'python3 scripts/kvm-check.py &&
+VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1800} bash scripts/with-kvm.sh bash -c 'python3 scripts/kvm-check.py &&
     bash vmm/scripts/boot-smoke.sh && VFD_KILL=1 bash vmm/scripts/dax-smoke.sh &&
     VFD_DIALECT=legacy bash vmm/scripts/dax-smoke.sh &&
     VFD_KILL=1 VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh &&
