@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds virtiofsd-dax: virtiofsd 1.14.0 from crates.io with the patches of this directory
-# applied, built with --locked against the Cargo.lock the patches carry, installed as
-# DEST/virtiofsd-dax.
+# applied (with patch, or git apply where patch is missing), built with --locked against the
+# Cargo.lock the patches carry, installed as DEST/virtiofsd-dax.
 #
 #   bash peers/virtiofsd-dax/build.sh DEST
 #
@@ -38,7 +38,12 @@ echo "$sha256  $crate" | sha256sum -c --quiet
 rm -rf "$work/virtiofsd-$version"
 tar -xzf "$crate" -C "$work"
 for p in "$here"/patches/*.patch; do
-    patch -s -p1 -d "$work/virtiofsd-$version" <"$p"
+    # patch(1) where installed, else git's own (git apply works outside a repository too).
+    if command -v patch >/dev/null; then
+        patch -s -p1 -d "$work/virtiofsd-$version" <"$p"
+    else
+        (cd "$work/virtiofsd-$version" && git apply "$p")
+    fi
 done
 CARGO_TARGET_DIR="$work/target" cargo build --release --locked \
     --manifest-path "$work/virtiofsd-$version/Cargo.toml"
