@@ -24,7 +24,7 @@ reads=${VFD_BENCH_READS:-20000}
 
 work=$(mktemp -d)
 cleanup() {
-    [ -n "${bpid:-}" ] && kill "$bpid" 2>/dev/null
+    [ -n "${bpid:-}" ] && kill "$bpid" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
