@@ -533,20 +533,25 @@ pub fn virtiofsd() -> std::path::PathBuf {
 
 /// Starts virtiofsd on `socket`, serving `shared`, without a sandbox.
 pub fn start_virtiofsd(socket: &std::path::Path, shared: &std::path::Path) -> PeerProcess {
-    PeerProcess::start(
-        &virtiofsd(),
-        &[
-            "--socket-path".as_ref(),
-            socket.as_os_str(),
-            "--shared-dir".as_ref(),
-            shared.as_os_str(),
-            "--sandbox".as_ref(),
-            "none".as_ref(),
-            "--log-level".as_ref(),
-            "error".as_ref(),
-        ],
-        socket,
-    )
+    PeerProcess::start(&virtiofsd(), &virtiofsd_args(socket, shared), socket)
+}
+
+/// The arguments virtiofsd and virtiofsd-dax both start with in the tests: `socket`, `shared`,
+/// no sandbox, errors only in the log.
+fn virtiofsd_args<'a>(
+    socket: &'a std::path::Path,
+    shared: &'a std::path::Path,
+) -> Vec<&'a std::ffi::OsStr> {
+    vec![
+        "--socket-path".as_ref(),
+        socket.as_os_str(),
+        "--shared-dir".as_ref(),
+        shared.as_os_str(),
+        "--sandbox".as_ref(),
+        "none".as_ref(),
+        "--log-level".as_ref(),
+        "error".as_ref(),
+    ]
 }
 
 /// virtiofsd-dax (virtiofsd with the patches of peers/virtiofsd-dax): `$VIRTIOFSD_DAX`, then
@@ -571,18 +576,11 @@ pub fn start_virtiofsd_dax(
     extra: &[&str],
 ) -> PeerProcess {
     let window = window.to_string();
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "--socket-path".as_ref(),
-        socket.as_os_str(),
-        "--shared-dir".as_ref(),
-        shared.as_os_str(),
-        "--sandbox".as_ref(),
-        "none".as_ref(),
-        "--log-level".as_ref(),
-        "error".as_ref(),
-        "--dax-window-size".as_ref(),
-        window.as_ref(),
-    ];
+    let mut args = virtiofsd_args(socket, shared);
+    args.extend([
+        std::ffi::OsStr::new("--dax-window-size"),
+        std::ffi::OsStr::new(&window),
+    ]);
     args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
     PeerProcess::start(&virtiofsd_dax(), &args, socket)
 }
