@@ -28,8 +28,9 @@
 #
 # Settings (environment): VFD_WITH_KVM=direct|nested (default: detect), VFD_L1_MEM_MIB (3072),
 # VFD_L1_CPUS (2), VFD_L1_TIMEOUT seconds per boot of L1 (900), VFD_L1_RETRIES (1: boots of L1
-# again when it ends without the command's status, see below), VFD_L1_LOG (a log of L1's
-# console; default a temporary file, printed when L1 fails).
+# again when it ends without the command's status, see below), VFD_L1_LOCKUP_SECS (120: a soft
+# lockup that long in L1 stops it at once), VFD_L1_LOG (a log of L1's console; default a
+# temporary file, printed when L1 fails).
 set -euo pipefail
 
 [ "${1:-}" = "--" ] && shift
@@ -185,17 +186,39 @@ log=${VFD_L1_LOG:-$work/l1.log}
 # L1 is QEMU TCG emulating SVM, with KVM's shadow paging inside: once in a while its kernel locks
 # up in KVM_RUN (a soft lockup that no signal ends), seen about once in ten guest boots here.
 # That is this route's failure, not the command's: when L1 ends without the command's status,
-# it is booted once more (VFD_L1_RETRIES), loudly. A status, success or not, is final.
+# it is booted once more (VFD_L1_RETRIES), loudly. A status, success or not, is final. Such a
+# lockup is not waited out to VFD_L1_TIMEOUT: once L1's watchdog reports a CPU stuck for
+# VFD_L1_LOCKUP_SECS (120) seconds or more, L1 is stopped at once.
 attempts=$((1 + ${VFD_L1_RETRIES:-1}))
+lockup_secs=${VFD_L1_LOCKUP_SECS:-120}
+# watch_lockups LOG PIDFILE: stops the QEMU of PIDFILE once LOG reports a lockup that long.
+watch_lockups() {
+    local log=$1 pidfile=$2 stuck
+    while sleep 5; do
+        stuck=$(grep -ao 'soft lockup - CPU#[0-9]* stuck for [0-9]*s' "$log" 2>/dev/null |
+            sed 's/.* \([0-9]*\)s$/\1/' | sort -n | tail -n1) || true
+        if [ "${stuck:-0}" -ge "$lockup_secs" ] && [ -s "$pidfile" ]; then
+            echo "with-kvm: L1 reports a CPU stuck for ${stuck}s: stopping it" >&2
+            kill "$(cat "$pidfile")" 2>/dev/null
+            return
+        fi
+    done
+}
 for attempt in $(seq "$attempts"); do
     status=0
-    timeout "${VFD_L1_TIMEOUT:-900}" qemu-system-x86_64 \
+    rm -f "$work/qemu.pid"
+    : >"$log"
+    watch_lockups "$log" "$work/qemu.pid" &
+    watcher=$!
+    timeout "${VFD_L1_TIMEOUT:-900}" qemu-system-x86_64 -pidfile "$work/qemu.pid" \
         -accel tcg,thread=multi -cpu qemu64,+svm -smp "${VFD_L1_CPUS:-2}" -m "${VFD_L1_MEM_MIB:-3072}" \
         -nographic -no-reboot -nodefaults -serial stdio \
         -kernel "$vmlinuz" -initrd "$work/l1.img" -append "console=ttyS0 panic=-1 quiet" \
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
         -virtfs "local,path=$cwd,mount_tag=work,security_model=none,multidevs=remap" \
         </dev/null 2>&1 | tee "$log" | sed -u -n '/with-kvm: exit [0-9]/!p' || status=$?
+    kill "$watcher" 2>/dev/null || true
+    wait "$watcher" 2>/dev/null || true
 
     code=$(sed -n 's/.*with-kvm: exit \([0-9][0-9]*\).*/\1/p' "$log" | tail -n1 | tr -d '\r')
     [ -n "$code" ] && exit "$code"
