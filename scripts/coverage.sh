@@ -12,7 +12,7 @@ args=(--summary-only --json)
 [ -n "$features" ] && args+=(--features "$features")
 [ -n "$exclude" ] && args+=(--ignore-filename-regex "$exclude")
 cargo llvm-cov clean --workspace >/dev/null 2>&1 || true
-cargo llvm-cov test "${args[@]}" --output-path target/coverage.json >/dev/null
+cargo llvm-cov test "${args[@]}" --output-path target/coverage.json
 python3 - "$config" target/coverage.json "${1:-}" <<'PY'
 import json, sys
 

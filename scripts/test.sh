@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs when missing, then runs fmt, clippy, tests (every
-# feature combination, and the dax-backend peer's), the demo, a real Linux guest booted by the
-# reference VMM (nested where the host's KVM cannot boot one), Miri on the pure modules (where a
-# toolchain has it), the benches' smoke run, docs (and the docs.rs build), the MSRV check, the
-# package (publish dry run, and its tests, benches and examples built from the .crate file), the
-# coverage gate and short fuzz runs. Fails on the first red step.
+# feature combination, and the dax-backend peer's; the all-features run is the coverage gate's),
+# the demo, a real Linux guest booted by the reference VMM (nested where the host's KVM cannot
+# boot one), Miri on the pure modules (where a toolchain has it), the benches' smoke run, docs
+# (and the docs.rs build), the MSRV check, the package (publish dry run, and its tests, benches
+# and examples built from the .crate file) and short fuzz runs. Fails on the first red step.
 #
 #   bash scripts/test.sh            # everything
 #   FUZZ_SECONDS=10 bash scripts/test.sh
@@ -13,7 +13,9 @@ cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 CLIPPY_FLAGS=(-D warnings -D clippy::undocumented_unsafe_blocks)
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says when it started, and the last how long the whole run took.
+start=$(date +%s)
+step() { printf '\n==> [%s, +%ds] %s\n' "$(date +%T)" "$(($(date +%s) - start))" "$*"; }
 
 step "install what the tests need"
 if ! command -v rustup >/dev/null; then
@@ -64,9 +66,12 @@ step "tests"
 # The targets that use `test_utils` (and `tests/mem_rw.rs`) have required-features: a plain
 # `cargo test` would skip them, so both runs name their features.
 cargo test --features test-utils
-cargo test --all-features
 # The syscall filter without `mem-rw` too: FS_IO alone needs everything the list names.
 cargo test --features test-utils,seccompiler --test seccomp
+# Every feature: the test run under the coverage instrumentation is that run (and the coverage
+# gate), so the test targets are built once for it; the doc tests, which it leaves out, here.
+bash scripts/coverage.sh
+cargo test --all-features --doc
 (cd peers/dax-backend && cargo test --release --locked)
 
 step "demo (the README's first command, fewer latency rounds)"
@@ -141,9 +146,6 @@ cp Cargo.lock "$unpacked/"
 (export CARGO_TARGET_DIR="$PWD/target/package-check" && cd "$unpacked" &&
     cargo test --offline --locked --all-features --no-run &&
     cargo build --offline --locked --all-features --benches --examples)
-
-step "coverage gate"
-bash scripts/coverage.sh
 
 step "fuzz (${FUZZ_SECONDS}s per target)"
 bash fuzz/run-short.sh "$FUZZ_SECONDS"
