@@ -413,3 +413,63 @@ fn a_refused_unregistration_keeps_the_window_and_connect_retries() {
     assert!(!fs.window_offered());
     assert!(mm.live().is_empty());
 }
+
+#[test]
+fn check_shmem_config_holds_the_backend_to_the_window() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("be.sock");
+    // What GET_SHMEM_CONFIG answers, the fallback, and then: a session with or without DAX
+    // (`Ok`), or the size the mismatch error reports (`Err`).
+    for (sizes, fallback, want) in [
+        (vec![WINDOW], DaxFallback::Fail, Ok(true)),
+        (vec![WINDOW, 4096], DaxFallback::Fail, Ok(true)),
+        (vec![], DaxFallback::Fail, Ok(true)),
+        (vec![WINDOW * 2], DaxFallback::Fail, Err(WINDOW * 2)),
+        (vec![WINDOW / 2, WINDOW], DaxFallback::Fail, Err(WINDOW / 2)),
+        (vec![WINDOW * 2], DaxFallback::Disable, Ok(false)),
+    ] {
+        let server = TestBackendServer::start(&socket, TestBackendConfig::default()).unwrap();
+        server.set_shmem_sizes(&sizes);
+        let mut fs = Fs::builder("dax")
+            .socket_path(&socket)
+            .window_size(WINDOW)
+            .queue_size(128)
+            .dax_fallback(fallback)
+            .check_shmem_config(true)
+            .connect_retry(3, Duration::from_millis(10))
+            .build()
+            .unwrap();
+        fs.ack_features(fs.features());
+        let activated = fs.activate(
+            GuestMemoryAtomic::new(guest_memory(8 << 20)),
+            Arc::new(CountingInterrupt::default()),
+            activate_queues(2, 128),
+        );
+        match want {
+            Ok(dax) => {
+                activated.unwrap_or_else(|e| panic!("{sizes:?}: {e:?}"));
+                assert_eq!(fs.session().unwrap().negotiated().dax, dax, "{sizes:?}");
+            }
+            Err(size) => match activated {
+                Err(Error::Session(frontend::Error::ShmemSizeMismatch { backend, window })) => {
+                    assert_eq!((backend, window), (size, WINDOW));
+                }
+                other => panic!("{sizes:?}: {other:?}"),
+            },
+        }
+        let requests = server.state().requests;
+        assert!(requests.contains(&"GET_SHMEM_CONFIG"), "{requests:?}");
+        drop(fs);
+        drop(server);
+    }
+
+    // Off by default: the backend is never asked (one built on vhost-user-backend without
+    // `get_shmem_config` would end its connection).
+    let server = TestBackendServer::start(&socket, TestBackendConfig::default()).unwrap();
+    server.set_shmem_sizes(&[WINDOW * 2]);
+    let mut fs = builder(&socket, Dialect::Standard, DaxFallback::Fail);
+    activate(&mut fs);
+    assert!(fs.session().unwrap().negotiated().dax);
+    assert!(!server.state().requests.contains(&"GET_SHMEM_CONFIG"));
+}

@@ -290,6 +290,50 @@ fn offers_shmem_at_bit_22_and_reports_the_window() {
     assert!(status.success(), "{status:?}");
 }
 
+/// With `check_shmem_config`, the device asks the daemon for its window (`GET_SHMEM_CONFIG`,
+/// which virtiofsd-dax answers with `--dax-window-size`): the same size serves, another is
+/// refused at activation before the daemon can map anything.
+#[test]
+fn the_device_checks_the_daemons_window_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared_with(dir.path(), "f", &vec![7u8; 2 * MIB as usize]);
+    for (daemon_window, ok) in [(WINDOW, true), (2 * WINDOW, false), (WINDOW / 2, false)] {
+        let socket = dir.path().join("vfs.sock");
+        let _ = std::fs::remove_file(&socket);
+        let _daemon = start_virtiofsd_dax(&socket, &shared, daemon_window, &[]);
+        let mut fs = Fs::builder("dax")
+            .socket_path(&socket)
+            .window_size(WINDOW)
+            .queue_size(128)
+            .check_shmem_config(true)
+            .build()
+            .unwrap();
+        fs.set_shm_base(0, WIN_GPA).unwrap();
+        fs.ack_features(fs.features());
+        match common::activate_with_guest(&mut fs) {
+            Ok(mut s) => {
+                assert!(
+                    ok,
+                    "activated against a {daemon_window:#x}-byte daemon window"
+                );
+                assert!(fs.session().unwrap().negotiated().dax);
+                s.init_with_flags(FUSE_MAP_ALIGNMENT).expect("INIT");
+                let (nodeid, _) = s.lookup(FUSE_ROOT_ID, "f").expect("LOOKUP");
+                s.setupmapping(nodeid, u64::MAX, 0, 2 * MIB, false, 0)
+                    .expect("SETUPMAPPING");
+                assert_eq!(fs.window().unwrap().live_mappings(), 1);
+            }
+            Err(virtio_fs_dax::device::Error::Session(
+                virtio_fs_dax::frontend::Error::ShmemSizeMismatch { backend, window },
+            )) => {
+                assert!(!ok, "refused the daemon's matching window");
+                assert_eq!((backend, window), (daemon_window, WINDOW));
+            }
+            Err(e) => panic!("{daemon_window:#x}: {e:?}"),
+        }
+    }
+}
+
 /// A window size that is zero or not page aligned: the daemon refuses to start, and says why.
 #[test]
 fn a_bad_window_size_is_refused_at_start() {

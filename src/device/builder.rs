@@ -28,6 +28,7 @@ pub struct FsBuilder {
     dialect: Dialect,
     replace_exact: bool,
     dax_fallback: DaxFallback,
+    check_shmem_config: bool,
     memory: Option<Arc<dyn MemoryManager>>,
     io: Option<Arc<IoSpace>>,
     connect_attempts: u32,
@@ -95,6 +96,19 @@ impl FsBuilder {
     /// withdraws the window (see [`Fs::window_offered`]).
     pub fn dax_fallback(mut self, fallback: DaxFallback) -> Self {
         self.dax_fallback = fallback;
+        self
+    }
+    /// Standard dialect: at every session, ask the backend for the sizes of its shared memory
+    /// regions (`GET_SHMEM_CONFIG`) and check region 0 against the window. A backend that
+    /// describes no region passes; one whose region 0 has another size is a backend that cannot
+    /// serve the window ([`frontend::Error::ShmemSizeMismatch`](crate::frontend::Error), or a
+    /// session without DAX under [`DaxFallback::Disable`]). Default off: the specification
+    /// requires every backend that offers `SHMEM` to answer, but one built on
+    /// vhost-user-backend without a `get_shmem_config` (its default is an error) or on a vhost
+    /// older than 0.18 (which checks `SHMEM` at bit 21) ends its connection instead.
+    /// virtiofsd with `peers/virtiofsd-dax` answers with its `--dax-window-size`.
+    pub fn check_shmem_config(mut self, enable: bool) -> Self {
+        self.check_shmem_config = enable;
         self
     }
     /// The VMM's memory manager, which registers the window as guest memory.
@@ -194,6 +208,7 @@ impl FsBuilder {
                 dialect: self.dialect,
                 dax: window.is_some(),
                 dax_fallback: self.dax_fallback,
+                check_shmem_config: self.check_shmem_config,
                 replace_exact: self.replace_exact,
                 shutdown_timeout: self.shutdown_timeout,
                 name: format!("virtio-fs({})", self.tag),
@@ -231,6 +246,7 @@ impl Fs {
             dialect: Dialect::Standard,
             replace_exact: false,
             dax_fallback: DaxFallback::Fail,
+            check_shmem_config: false,
             memory: None,
             io: None,
             connect_attempts: 50,

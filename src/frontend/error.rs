@@ -68,6 +68,20 @@ pub enum Error {
         /// Dialect configured.
         dialect: Dialect,
     },
+    /// `GET_SHMEM_CONFIG` failed.
+    #[error("GET_SHMEM_CONFIG failed")]
+    ShmemConfig(#[source] vhost::Error),
+    /// The backend's shared memory region 0 (`GET_SHMEM_CONFIG`) is not the window: it would map
+    /// ranges the window refuses, or leave part of it unserved.
+    #[error(
+        "the backend's shared memory region 0 is {backend:#x} bytes, the DAX window {window:#x}"
+    )]
+    ShmemSizeMismatch {
+        /// What the backend reported.
+        backend: u64,
+        /// The window's size.
+        window: u64,
+    },
     /// A guest memory region is not backed by a file descriptor, so the backend cannot map it.
     #[error("guest memory at {gpa:#x} is not backed by a shareable file")]
     MemoryNotShareable {

@@ -88,6 +88,9 @@ pub struct SessionConfig {
     pub dax: bool,
     /// What to do when the backend cannot serve the window.
     pub dax_fallback: DaxFallback,
+    /// Standard dialect: ask the backend for its shared memory regions (`GET_SHMEM_CONFIG`) and
+    /// treat a region 0 of another size than the window as a backend that cannot serve it.
+    pub check_shmem_config: bool,
     /// Standard dialect: exact-range replace policy.
     pub replace_exact: bool,
     /// Bound on each step of ending a session: joining the backend channel thread, and the

@@ -135,7 +135,7 @@ impl Session {
         } else {
             VhostUserProtocolFeatures::empty()
         };
-        let dax = dax_wanted && missing.is_empty();
+        let mut dax = dax_wanted && missing.is_empty();
         if dax_wanted && !dax {
             match cfg.dax_fallback {
                 DaxFallback::Fail => {
@@ -174,6 +174,42 @@ impl Session {
             .map_err(Error::SetFeatures)?;
         if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             frontend.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
+        }
+        // The backend's idea of the window, where it has one: a region 0 of another size would
+        // have it map ranges the window refuses, or leave part of the window unserved.
+        if let (true, true, Some(w)) = (
+            dax && cfg.check_shmem_config,
+            protocol.contains(VhostUserProtocolFeatures::SHMEM),
+            window,
+        ) {
+            let config = frontend.get_shmem_config().map_err(Error::ShmemConfig)?;
+            let sizes =
+                &config.memory_sizes[..(config.nregions as usize).min(config.memory_sizes.len())];
+            match sizes.first() {
+                None => log::info!(
+                    "{}: the backend describes no shared memory region; the window is {:#x} bytes",
+                    cfg.name,
+                    w.size()
+                ),
+                Some(&size) if size == w.size() => {}
+                Some(&size) => match cfg.dax_fallback {
+                    DaxFallback::Fail => {
+                        return Err(Error::ShmemSizeMismatch {
+                            backend: size,
+                            window: w.size(),
+                        })
+                    }
+                    DaxFallback::Disable => {
+                        log::warn!(
+                            "{}: the backend's shared memory region 0 is {size:#x} bytes, the \
+                             window {:#x}: this session serves no window",
+                            cfg.name,
+                            w.size()
+                        );
+                        dax = false;
+                    }
+                },
+            }
         }
         let table = mem_table(mem)?;
         frontend.set_mem_table(&table).map_err(Error::SetMemTable)?;

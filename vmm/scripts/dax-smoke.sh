@@ -22,7 +22,8 @@
 #   VFD_KILL=1: kill and restart the backend in the second boot.
 #   VFD_BACKEND=virtiofsd-dax: against virtiofsd-dax (virtiofsd with the patches of
 #   peers/virtiofsd-dax: DAX through SHMEM_MAP, standard dialect only) instead of dax-backend,
-#   under its default seccomp filter; every check above applies.
+#   under its default seccomp filter, the device checking its window size (shmem_check=on);
+#   every check above applies.
 #   VFD_BACKEND=virtiofsd: against virtiofsd instead (no DAX), one boot: the device is configured
 #   with a window and `fallback=disable`, so it finds out at connect that virtiofsd cannot serve
 #   it and offers none; the guest says so, `dax=always` is refused, a plain mount reads and writes;
@@ -88,6 +89,8 @@ if [ "${VFD_BACKEND:-}" = virtiofsd ]; then
     dax=0
     reboot=0
 fi
+# virtiofsd-dax reports its --dax-window-size (GET_SHMEM_CONFIG): the device checks it.
+[ "${VFD_BACKEND:-}" = virtiofsd-dax ] && fsopts=",shmem_check=on"
 [ "$reboot" = 1 ] && : >"$root/reboot"
 guest_init "$root" <<'INIT'
 boot=$(sed -n 's/.*vfd\.boot=\([0-9]*\).*/\1/p' /proc/cmdline)

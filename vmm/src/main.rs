@@ -20,7 +20,7 @@
 //! dax-vmm --kernel bzImage --initrd initrd.img [--cmdline "..."] [--mem-mib 512] [--cpus 1]
 //!         [--max-reboots 4]
 //!         [--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy][,fallback=fail|disable]
-//!               [,transport=mmio|pci]]...
+//!               [,transport=mmio|pci][,shmem_check=on|off]]...
 //! ```
 
 mod acpi;
@@ -70,7 +70,7 @@ struct Args {
 }
 
 /// `--fs tag=T,socket=PATH,window=SIZE[,dialect=standard|legacy][,fallback=fail|disable]
-/// [,transport=mmio|pci]`
+/// [,transport=mmio|pci][,shmem_check=on|off]`
 struct FsArg {
     tag: String,
     socket: String,
@@ -78,6 +78,7 @@ struct FsArg {
     dialect: Dialect,
     fallback: DaxFallback,
     transport: pci::Transport,
+    shmem_check: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -99,6 +100,7 @@ fn parse_fs(spec: &str) -> Result<FsArg> {
         dialect: Dialect::Standard,
         fallback: DaxFallback::Fail,
         transport: pci::Transport::Mmio,
+        shmem_check: false,
     };
     for kv in spec.split(',') {
         let (k, v) = kv
@@ -123,6 +125,13 @@ fn parse_fs(spec: &str) -> Result<FsArg> {
                 }
             }
             "transport" => fs.transport = pci::Transport::parse(v)?,
+            "shmem_check" => {
+                fs.shmem_check = match v {
+                    "on" => true,
+                    "off" => false,
+                    _ => bail!("--fs: shmem_check {v} is neither on nor off"),
+                }
+            }
             _ => bail!("--fs: unknown key {k}"),
         }
     }
@@ -653,6 +662,7 @@ fn run(args: Args) -> Result<u8> {
             .queue_size(256)
             .dialect(f.dialect)
             .dax_fallback(f.fallback)
+            .check_shmem_config(f.shmem_check)
             // One attempt a call: the VMM's thread retries a lost backend on its own schedule.
             .connect_retry(1, Duration::ZERO)
             // The Linux guest upgrades a read-only range to writable by mapping it again.
