@@ -119,13 +119,13 @@ pub use reader::DRAIN_BUDGET;
         target_arch = "riscv64"
     )
 ))]
-pub use syscalls::seccomp_rules;
+pub use syscalls::{control_seccomp_rules, seccomp_rules};
 #[cfg(any(
     target_arch = "x86_64",
     target_arch = "aarch64",
     target_arch = "riscv64"
 ))]
-pub use syscalls::{Syscall, SYSCALLS};
+pub use syscalls::{Syscall, CONTROL_SYSCALLS, SYSCALLS};
 pub use thread::{
     ChannelThread, HookError, ThreadHook, DEFAULT_PAUSE_TIMEOUT, DEFAULT_STOP_TIMEOUT,
 };

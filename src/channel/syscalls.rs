@@ -188,6 +188,105 @@ pub const SYSCALLS: &[Syscall] = &[
     sys("exit", libc::SYS_exit, "ends the thread"),
 ];
 
+/// Every syscall a VMM's thread makes when it controls channel threads and windows, beyond
+/// [`SYSCALLS`]: the socket pair for a new channel, [`BackendChannel::spawn`](super::BackendChannel::spawn)
+/// (the thread's eventfds and epoll, the new thread), what the new thread makes before its start
+/// hook runs, a start hook that installs a seccomp filter with `seccompiler`,
+/// [`ChannelThread::pause`](super::ChannelThread::pause) / `resume` / `stop`, and
+/// [`DaxWindow::reset`](crate::DaxWindow::reset). Numbers as in [`SYSCALLS`].
+///
+/// A new thread starts under the filter of the thread that spawns it, and a filter it installs
+/// adds to that one: the channel thread can only make what both allow. A VMM that starts
+/// channels from a thread under its own filter (cloud-hypervisor restarts the channel from its
+/// virtio-fs thread when the backend reconnects) therefore allows this list and [`SYSCALLS`]
+/// on that thread. `tests/seccomp_control.rs` proves it: a thread under a filter of these two
+/// lists alone, killing on anything else, runs two channel sessions over one window.
+///
+/// With feature `seccompiler`, `control_seccomp_rules` gives the list as `seccompiler` rules.
+pub const CONTROL_SYSCALLS: &[Syscall] = &[
+    sys(
+        "socketpair",
+        libc::SYS_socketpair,
+        "AF_UNIX only: the VMM's socket pair for a new channel (one end for the channel, one \
+         for the backend)",
+    ),
+    sys(
+        "eventfd2",
+        libc::SYS_eventfd2,
+        "spawn: the stop and the pause eventfds",
+    ),
+    sys(
+        "ioctl",
+        libc::SYS_ioctl,
+        "FIONBIO only: spawn makes the channel's socket non-blocking",
+    ),
+    sys(
+        "fcntl",
+        libc::SYS_fcntl,
+        "F_DUPFD_CLOEXEC only: spawn keeps clones of the socket and the stop eventfd (the \
+         channel thread's own fcntl, F_GETFD, is in SYSCALLS)",
+    ),
+    sys(
+        "epoll_create1",
+        libc::SYS_epoll_create1,
+        "spawn: the thread's epoll",
+    ),
+    sys(
+        "epoll_ctl",
+        libc::SYS_epoll_ctl,
+        "spawn: the socket and the eventfds into the epoll",
+    ),
+    sys(
+        "clone3",
+        libc::SYS_clone3,
+        "spawn: the new thread (glibc 2.34 and later)",
+    ),
+    sys(
+        "clone",
+        libc::SYS_clone,
+        "spawn: the new thread (musl, and glibc where clone3 is refused)",
+    ),
+    sys(
+        "set_robust_list",
+        libc::SYS_set_robust_list,
+        "the new thread, as the C library starts it",
+    ),
+    #[cfg(target_env = "gnu")]
+    sys("rseq", libc::SYS_rseq, "the new thread, as glibc starts it"),
+    sys(
+        "sched_getaffinity",
+        libc::SYS_sched_getaffinity,
+        "the new thread: Rust's runtime reads the thread's stack bounds \
+         (pthread_getattr_np)",
+    ),
+    sys(
+        "gettid",
+        libc::SYS_gettid,
+        "the new thread: Rust's runtime, reading the thread's stack bounds",
+    ),
+    sys(
+        "prctl",
+        libc::SYS_prctl,
+        "PR_SET_NAME: the new thread takes its name; PR_SET_NO_NEW_PRIVS: a start hook that \
+         installs a seccomp filter",
+    ),
+    sys(
+        "seccomp",
+        libc::SYS_seccomp,
+        "SECCOMP_SET_MODE_FILTER only: a start hook that installs a seccomp filter",
+    ),
+    sys(
+        "write",
+        libc::SYS_write,
+        "pause, resume and stop signal the thread's eventfds",
+    ),
+    sys(
+        "shutdown",
+        libc::SYS_shutdown,
+        "stop: shuts the channel's socket down, so a thread in the middle of a message ends too",
+    ),
+];
+
 /// [`SYSCALLS`] as `seccompiler` rules, for the filter a VMM builds for the channel thread.
 /// Each syscall maps to an empty rule list, which `seccompiler` reads as "allowed, whatever the
 /// arguments", except those whose arguments the thread always passes alike: `fcntl` is allowed
@@ -239,6 +338,45 @@ pub fn seccomp_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::B
         .collect()
 }
 
+/// [`CONTROL_SYSCALLS`] as `seccompiler` rules, for the filter of a VMM's thread that starts
+/// and stops channels. Each syscall maps to an empty rule list ("allowed, whatever the
+/// arguments") except: `socketpair` with `AF_UNIX` only, `fcntl` with `F_DUPFD_CLOEXEC` only,
+/// `ioctl` with `FIONBIO` only, `prctl` with `PR_SET_NAME` or `PR_SET_NO_NEW_PRIVS` only, and
+/// `seccomp` with `SECCOMP_SET_MODE_FILTER` only. Such a thread needs [`seccomp_rules`] too: merge the maps as
+/// that function says (for a syscall both name, join the lists unless either is empty).
+#[cfg(feature = "seccompiler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "seccompiler")))]
+pub fn control_seccomp_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError>
+{
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition};
+    let any_of = |arg: u8, values: &[u64]| -> Result<Vec<SeccompRule>, _> {
+        values
+            .iter()
+            .map(|&v| {
+                let eq = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)?;
+                SeccompRule::new(vec![eq])
+            })
+            .collect()
+    };
+    CONTROL_SYSCALLS
+        .iter()
+        .map(|s| {
+            let rules = match s.number {
+                libc::SYS_socketpair => any_of(0, &[libc::AF_UNIX as u64])?,
+                libc::SYS_fcntl => any_of(1, &[libc::F_DUPFD_CLOEXEC as u64])?,
+                libc::SYS_ioctl => any_of(1, &[libc::FIONBIO as u64])?,
+                libc::SYS_prctl => any_of(
+                    0,
+                    &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64],
+                )?,
+                libc::SYS_seccomp => any_of(0, &[libc::SECCOMP_SET_MODE_FILTER as u64])?,
+                _ => Vec::new(),
+            };
+            Ok((s.number, rules))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +394,42 @@ mod tests {
         assert!(SYSCALLS
             .iter()
             .all(|s| s.number >= 0 && !s.reason.is_empty()));
+    }
+
+    #[test]
+    fn the_control_list_is_unique_and_apart_from_the_channel_list() {
+        let mut numbers: Vec<_> = CONTROL_SYSCALLS.iter().map(|s| s.number).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(numbers.len(), CONTROL_SYSCALLS.len());
+        for c in CONTROL_SYSCALLS {
+            // fcntl is in both, with other arguments.
+            assert!(
+                c.number == libc::SYS_fcntl
+                    || SYSCALLS
+                        .iter()
+                        .all(|s| s.number != c.number && s.name != c.name),
+                "{} is in both lists",
+                c.name
+            );
+            assert!(!c.reason.is_empty());
+        }
+    }
+
+    #[cfg(feature = "seccompiler")]
+    #[test]
+    fn control_rules_cover_the_list_and_restrict_five() {
+        let rules = control_seccomp_rules().unwrap();
+        assert_eq!(rules.len(), CONTROL_SYSCALLS.len());
+        assert_eq!(rules[&libc::SYS_prctl].len(), 2);
+        for nr in [
+            libc::SYS_socketpair,
+            libc::SYS_fcntl,
+            libc::SYS_ioctl,
+            libc::SYS_seccomp,
+        ] {
+            assert_eq!(rules[&nr].len(), 1);
+        }
     }
 
     #[cfg(feature = "seccompiler")]
