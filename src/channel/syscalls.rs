@@ -364,6 +364,8 @@ pub fn control_seccomp_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccom
             let rules = match s.number {
                 libc::SYS_socketpair => any_of(0, &[libc::AF_UNIX as u64])?,
                 libc::SYS_fcntl => any_of(1, &[libc::F_DUPFD_CLOEXEC as u64])?,
+                // FIONBIO is a c_ulong with glibc and a c_int with musl.
+                #[allow(clippy::unnecessary_cast)]
                 libc::SYS_ioctl => any_of(1, &[libc::FIONBIO as u64])?,
                 libc::SYS_prctl => any_of(
                     0,
