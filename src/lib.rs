@@ -25,8 +25,8 @@
 //! - [`FsMetrics`] counts everything, refusals by reason.
 //! - [`Fs`] (module [`device`]) puts it all together as a virtio-fs device (id 26) whose
 //!   inherent methods are what a VMM's own device trait forwards to: the [`device`] module docs
-//!   walk through the wiring, and `examples/cloud_hypervisor.rs` wraps it in cloud-hypervisor's
-//!   `VirtioDevice` trait. The device takes the VMM's guest memory with whatever dirty bitmap
+//!   walk through the wiring. A VMM with a vhost-user virtio-fs device of its own (such as
+//!   cloud-hypervisor) takes only [`DaxWindow`] and [`BackendChannel`] instead. The device takes the VMM's guest memory with whatever dirty bitmap
 //!   it tracks, and a window the VMM reserved itself ([`DaxWindow::from_reservation`]) as well
 //!   as one it reserves.
 //!

@@ -37,10 +37,12 @@
 //!    killed backend's end closes); call [`Fs::reconnect`] once it is back.
 //!
 //! A VMM with its own device trait implements it by forwarding to these inherent methods, a few
-//! lines a method: `examples/cloud_hypervisor.rs` does it for cloud-hypervisor's `VirtioDevice`
-//! (`activate` with an `ActivationContext`, `get_shm_regions`/`set_shm_regions` with the
-//! region its device manager reserved, `userspace_mappings`, `counters`, `Pausable`,
-//! `Snapshottable`). Firecracker's trait maps the same way (its features as
+//! lines a method: cloud-hypervisor's `VirtioDevice` maps onto them one for one (`activate`
+//! with an `ActivationContext`, `get_shm_regions`/`set_shm_regions` with the region its device
+//! manager reserved, `userspace_mappings`, `counters`, `Pausable`, `Snapshottable`), although
+//! cloud-hypervisor itself, which has a vhost-user virtio-fs device of its own, takes only the
+//! window and the backend channel (the repository's `integrations/cloud-hypervisor`).
+//! Firecracker's trait maps the same way (its features as
 //! `avail_features`/`set_acked_features`, its `activate` with a plain
 //! `GuestMemoryMmap<Option<AtomicBitmap>>`: wrap it in `GuestMemoryAtomic::new`). In all three of
 //! cloud-hypervisor's, Firecracker's and crosvm's traits `ack_features` and `write_config`
