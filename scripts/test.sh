@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs when missing, then runs fmt, clippy, tests (every
 # feature combination, and the dax-backend peer's; the all-features run is the coverage gate's),
-# the demo, a real Linux guest booted by the reference VMM (nested where the host's KVM cannot
-# boot one), Miri on the pure modules (where a toolchain has it), the benches' smoke run, docs
+# cloud-hypervisor's clippy and unit tests on the crates integrations/cloud-hypervisor patches,
+# the demo, a real Linux guest booted by the reference VMM and by the patched cloud-hypervisor
+# (nested where the host's KVM cannot boot one), Miri on the pure modules (where a toolchain has it), the benches' smoke run, docs
 # (and the docs.rs build), the MSRV check, the package (publish dry run, and its tests, benches
 # and examples built from the .crate file) and short fuzz runs. Fails on the first red step.
 #
@@ -48,6 +49,12 @@ export VIRTIOFSD="$TOOLS/bin/virtiofsd"
 bash peers/virtiofsd-dax/build.sh "$TOOLS/bin"
 export VIRTIOFSD_DAX="$TOOLS/bin/virtiofsd-dax"
 "$VIRTIOFSD_DAX" --version
+# cloud-hypervisor at ae44c2971 with the patches of integrations/cloud-hypervisor (its DAX window
+# through this crate), from the bundle the script names; the patched tree and its target
+# directory are kept under $TOOLS/src, so a run rebuilds only what changed.
+bash integrations/cloud-hypervisor/build.sh "$TOOLS/bin"
+export VFD_CH="$TOOLS/bin/cloud-hypervisor-dax"
+"$VFD_CH" --version
 # The DAX-capable backend peer (its own workspace and dependency versions).
 (cd peers/dax-backend && cargo build --release --locked)
 export DAX_BACKEND="$PWD/peers/dax-backend/target/release/dax-backend"
@@ -74,6 +81,9 @@ bash scripts/coverage.sh
 cargo test --all-features --doc
 (cd peers/dax-backend && cargo test --release --locked)
 
+step "cloud-hypervisor: its clippy and the unit tests of the crates the patches touch"
+bash integrations/cloud-hypervisor/check.sh "$TOOLS/bin"
+
 step "demo (the README's first command, fewer latency rounds)"
 cargo run --release --features test-utils --example demo -- --rounds 200
 
@@ -99,10 +109,14 @@ VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1500} bash scripts/with-kvm.sh bash -c 'VFD_TRA
     bash vmm/scripts/pci-abuse.sh && bash vmm/scripts/pci-mixed.sh'
 # Then a newer guest kernel beside the current one (Debian's linux-image-6.12-amd64, FUSE_DAX
 # built in; L1 keeps the current kernel): the DAX mount against dax-backend, and against
-# virtiofsd-dax killed and restarted.
-VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1500} VFD_GUEST_KERNEL=linux-image-6.12-amd64 bash scripts/with-kvm.sh bash -c '
+# virtiofsd-dax killed and restarted. In the same L1, real cloud-hypervisor with the patches of
+# integrations/cloud-hypervisor boots the current kernel: the DAX mount against virtiofsd-dax
+# (reboot, killed and restarted), and without cache_size against stock virtiofsd.
+VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1800} VFD_GUEST_KERNEL=linux-image-6.12-amd64 bash scripts/with-kvm.sh bash -c '
     VFD_KERNEL_DIR=$VFD_GUEST_KERNEL_DIR bash vmm/scripts/dax-smoke.sh &&
-    VFD_KERNEL_DIR=$VFD_GUEST_KERNEL_DIR VFD_KILL=1 VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh'
+    VFD_KERNEL_DIR=$VFD_GUEST_KERNEL_DIR VFD_KILL=1 VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh &&
+    VFD_KILL=1 bash integrations/cloud-hypervisor/guest-smoke.sh &&
+    VFD_BACKEND=virtiofsd bash integrations/cloud-hypervisor/guest-smoke.sh'
 
 step "miri (the decoder and the range bookkeeping)"
 # The pure modules under Miri: the decoder (src/protocol, bodies at every alignment) and
