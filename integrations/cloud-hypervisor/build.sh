@@ -3,7 +3,8 @@
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 #
 # Builds cloud-hypervisor at ae44c2971 with the patches of this directory applied (DAX through
-# this repository's crate), installed as DEST/cloud-hypervisor-dax.
+# this repository's crate), installed as DEST/cloud-hypervisor-dax, and its API client as
+# DEST/ch-remote-dax.
 #
 #   bash integrations/cloud-hypervisor/build.sh DEST
 #
@@ -84,5 +85,7 @@ directory = "$work/vendor"
 virtio-fs-dax = { path = "$repo" }
 EOF
 # From the tree: cargo reads .cargo/config.toml from the directory it runs in.
-(cd "$tree" && CARGO_TARGET_DIR="$work/target" cargo build --release --locked --bin cloud-hypervisor)
+(cd "$tree" && CARGO_TARGET_DIR="$work/target" cargo build --release --locked \
+    --bin cloud-hypervisor --bin ch-remote)
 install -m 0755 "$work/target/release/cloud-hypervisor" "$dest/cloud-hypervisor-dax"
+install -m 0755 "$work/target/release/ch-remote" "$dest/ch-remote-dax"

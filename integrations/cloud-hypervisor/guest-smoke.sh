@@ -7,8 +7,9 @@
 # the DAX window `--fs ...,cache_size=32M` gives it. First boot: the guest's `Cache len` line,
 # the sha256 of every file of a sample tree (one larger than the window, so the guest gives
 # ranges back), a write into a range it mapped read-only, a store through mmap(MAP_SHARED) +
-# msync + fsync that the host must see, a new file; then it reboots while a process holds a file
-# mapped (a virtiofsd serves one connection: the host starts it again whenever it exits, and
+# msync + fsync that the host must see, a new file; while a process holds a file mapped, the
+# host pauses the VM, asks for a snapshot (refused: the window holds mappings) and resumes it;
+# then the guest reboots with the file still mapped (a virtiofsd serves one connection: the host starts it again whenever it exits, and
 # cloud-hypervisor makes its devices anew at a reboot). Second boot: the first boot's writes
 # are there, the tree reads again, and with VFD_KILL=1 the host kills virtiofsd-dax while the
 # guest holds ranges mapped and starts it again: cloud-hypervisor reconnects (a new DAX channel,
@@ -27,6 +28,7 @@ cd "$(dirname "$0")/../.."
 . vmm/scripts/common.sh
 tools=${VIRTIO_FS_DAX_TOOLS:-$HOME/.local/virtio-fs-dax}
 ch=${VFD_CH:-$tools/bin/cloud-hypervisor-dax}
+remote=${VFD_CH_REMOTE:-$(dirname "$ch")/ch-remote-dax}
 if [ "${VFD_BACKEND:-virtiofsd-dax}" = virtiofsd ]; then
     backend=${VIRTIOFSD:-$tools/bin/virtiofsd}
     dax=0
@@ -34,7 +36,7 @@ else
     backend=${VIRTIOFSD_DAX:-$tools/bin/virtiofsd-dax}
     dax=1
 fi
-for b in "$ch" "$backend" "$tool"; do
+for b in "$ch" "$remote" "$backend" "$tool"; do
     [ -x "$b" ] || {
         echo "ch-smoke: $b is not built (bash integrations/cloud-hypervisor/build.sh," \
             "bash peers/virtiofsd-dax/build.sh, or the vmm/guest-tool build: see scripts/test.sh)" >&2
@@ -47,6 +49,7 @@ work=$(mktemp -d)
 cleanup() {
     : >"$work/stop"
     [ -n "${watcher:-}" ] && kill "$watcher" 2>/dev/null || true
+    [ -n "${snapshotter:-}" ] && kill "$snapshotter" 2>/dev/null || true
     [ -n "${supervisor:-}" ] && kill "$supervisor" 2>/dev/null || true
     pkill -f -- "--socket-path $work/fs.sock" 2>/dev/null || true
     rm -rf "$work"
@@ -110,9 +113,18 @@ if [ "$boot" = 0 ]; then
     : >/mnt/first-boot-done
     sync
     if [ ! -e /nodax ]; then
-        # Reboot with a file mapped: the reset must drop every mapping, and the guest mount again.
         vfd-guest hold /mnt/sub/five-mib &
         sleep 2
+        # The host pauses the VM, asks for a snapshot (refused: the window holds mappings)
+        # and resumes it; the mappings are still there.
+        echo "guest: asking the host for a snapshot while files are mapped"
+        echo snapshot >/mnt/snapshot-request
+        sync
+        sleep 10
+        grep -v "patch\|mmapped" /tmp/expected >/tmp/unchanged
+        (cd /mnt && sha256sum -c -s /tmp/unchanged) || fail "a file differs after the pause"
+        echo "guest: resumed, the tree reads the same"
+        # Reboot with a file mapped: the reset must drop every mapping, and the guest mount again.
         echo "guest: rebooting with files mapped"
         reboot -f
         sleep 30
@@ -167,6 +179,23 @@ extra=(--sandbox none)
 ) &
 supervisor=$!
 for _ in $(seq 100); do [ -S "$work/fs.sock" ] && break; sleep 0.1; done
+if [ "$dax" = 1 ]; then
+    # The guest asks for the snapshot by creating a file in the shared tree.
+    (
+        while [ ! -e "$shared/snapshot-request" ]; do sleep 0.2; done
+        api=(--api-socket "$work/api.sock")
+        mkdir -p "$work/snapshot"
+        "$remote" "${api[@]}" pause && echo "ch-smoke: paused" >>"$work/events"
+        if "$remote" "${api[@]}" snapshot "file://$work/snapshot" >"$work/snapshot.out" 2>&1; then
+            echo "ch-smoke: the snapshot was taken with files mapped" >>"$work/events"
+        else
+            echo "ch-smoke: snapshot refused: $(grep -o 'DAX window holds [0-9]* mappings' "$work/snapshot.out" |
+                head -n1)" >>"$work/events"
+        fi
+        "$remote" "${api[@]}" resume && echo "ch-smoke: resumed" >>"$work/events"
+    ) &
+    snapshotter=$!
+fi
 if [ "${VFD_KILL:-}" = 1 ]; then
     # The guest asks for the kill by creating a file in the shared tree.
     (
@@ -183,10 +212,11 @@ status=0
 timeout "${VFD_BOOT_TIMEOUT:-300}" "$ch" --kernel "$vmlinuz" --initramfs "$work/initrd.img" \
     --cmdline "console=ttyS0 reboot=k panic=-1 quiet" --cpus boot=1 \
     --memory size=512M,shared=on --fs "$fsopt" --serial tty --console off \
-    --seccomp "${VFD_CH_SECCOMP:-true}" \
+    --seccomp "${VFD_CH_SECCOMP:-true}" --api-socket "path=$work/api.sock" \
     -v --log-file "$work/ch.log" </dev/null | tee "$work/console.log" || status=$?
 : >"$work/stop"
 cat "$work/events" >&2
+[ -s "$work/snapshot.out" ] && sed 's/^/ch-smoke: ch-remote snapshot: /' "$work/snapshot.out" >&2
 if [ "${VFD_CH_SECCOMP:-true}" = log ]; then
     # What the filters would have refused (the kernel's audit lines: syscall=N).
     dmesg | grep -o 'comm="[^"]*".*syscall=[0-9]*' | sed 's/exe=.*sig=[0-9]* //' | sort | uniq -c |
@@ -206,6 +236,13 @@ if [ "$status" = 0 ]; then
         grep -q "guest: boot 1" "$work/console.log" || { echo "ch-smoke: no second boot" >&2; status=1; }
         grep -q "Cache len: 0x2000000" "$work/console.log" ||
             { echo "ch-smoke: the guest did not see the 32 MiB window" >&2; status=1; }
+    fi
+    if [ "$dax" = 1 ]; then
+        for e in "paused" "snapshot refused: DAX window holds [1-9][0-9]* mappings" "resumed"; do
+            grep -q "ch-smoke: $e" "$work/events" ||
+                { echo "ch-smoke: no '$e' from the pause, snapshot and resume" >&2; status=1; }
+        done
+        [ -z "$(ls -A "$work/snapshot" 2>/dev/null)" ] || { echo "ch-smoke: a snapshot was written" >&2; status=1; }
     fi
     if [ "${VFD_KILL:-}" = 1 ]; then
         grep -q "killed the backend" "$work/events" || { echo "ch-smoke: no kill" >&2; status=1; }
