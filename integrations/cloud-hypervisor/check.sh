@@ -3,8 +3,8 @@
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 #
 # cloud-hypervisor's own checks on the crates the patches touch, in the tree build.sh made:
-# clippy (-D warnings, all targets) on virtio-devices, vmm and cloud-hypervisor, and the unit
-# tests of virtio-devices and vmm. Run build.sh first.
+# clippy (-D warnings, all targets) on virtio-devices, vmm and cloud-hypervisor, and their unit
+# tests (the library targets). Run build.sh first.
 #
 #   bash integrations/cloud-hypervisor/check.sh DEST     # DEST as given to build.sh
 set -euo pipefail
@@ -18,4 +18,5 @@ tree=$work/cloud-hypervisor-ae44c2971
 cd "$tree"
 export CARGO_TARGET_DIR="$work/target"
 cargo clippy --locked -p virtio-devices -p vmm -p cloud-hypervisor --all-targets -- -D warnings
-cargo test --locked -p virtio-devices -p vmm --lib
+# cloud-hypervisor with them: its features (kvm) reach vmm's dependencies only then.
+cargo test --locked -p virtio-devices -p vmm -p cloud-hypervisor --lib
