@@ -58,15 +58,7 @@ trap cleanup EXIT
 
 # The sample tree, on a tmpfs (files a DAX backend maps must not live on 9p).
 shared=$work/shared
-mkdir -p "$shared/sub"
-head -c 3000 /dev/urandom >"$shared/small"
-head -c $((5 << 20)) /dev/urandom >"$shared/sub/five-mib"
-# Larger than the 32 MiB window: the guest must give ranges back to read it all.
-head -c $((48 << 20)) /dev/urandom >"$shared/sub/larger-than-window"
-printf 'hello from the host\n' >"$shared/hello"
-head -c 8192 /dev/zero | tr '\0' a >"$shared/patch"
-head -c 65536 /dev/zero | tr '\0' m >"$shared/mmapped"
-head -c 3000 /dev/urandom >"$shared/unread-until-restart"
+sample_tree "$shared"
 
 root=$work/root
 guest_root "$root" virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \

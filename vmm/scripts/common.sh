@@ -25,6 +25,23 @@ guest_kernel() {
     moddir=$(find "$kdir/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)
 }
 
+# sample_tree DIR: the files the DAX smoke tests share with the guest (put DIR on a tmpfs: files
+# a DAX backend maps must not live on 9p): small and larger files, one (48 MiB) larger than
+# their 32 MiB window so that the guest must give ranges back to read it all, two the guest
+# writes into (`patch`, and `mmapped` through mmap), and one it reads only after a backend
+# restart.
+sample_tree() {
+    local dir=$1
+    mkdir -p "$dir/sub"
+    head -c 3000 /dev/urandom >"$dir/small"
+    head -c $((5 << 20)) /dev/urandom >"$dir/sub/five-mib"
+    head -c $((48 << 20)) /dev/urandom >"$dir/sub/larger-than-window"
+    printf 'hello from the host\n' >"$dir/hello"
+    head -c 8192 /dev/zero | tr '\0' a >"$dir/patch"
+    head -c 65536 /dev/zero | tr '\0' m >"$dir/mmapped"
+    head -c 3000 /dev/urandom >"$dir/unread-until-restart"
+}
+
 # guest_root ROOT MODULE...: busybox, vfd-guest when it is built, and the modules in load order
 # (one this kernel has built in, or not at all, is skipped; the guest's checks tell).
 guest_root() {
