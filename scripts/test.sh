@@ -3,9 +3,10 @@
 # feature combination, and the dax-backend peer's; the all-features run is the coverage gate's),
 # cloud-hypervisor's clippy and unit tests on the crates integrations/cloud-hypervisor patches,
 # the demo, a real Linux guest booted by the reference VMM and by the patched cloud-hypervisor
-# (nested where the host's KVM cannot boot one), Miri on the pure modules (where a toolchain has it), the benches' smoke run, docs
-# (and the docs.rs build), the MSRV check, the package (publish dry run, and its tests, benches
-# and examples built from the .crate file) and short fuzz runs. Fails on the first red step.
+# (nested where the host's KVM cannot boot one), Miri on the pure modules (where a toolchain
+# has it), the benches' smoke run, docs (and the docs.rs build), the MSRV check, the package
+# (publish dry run, and its tests, benches and examples built from the .crate file) and short
+# fuzz runs. Fails on the first red step.
 #
 #   bash scripts/test.sh            # everything
 #   FUZZ_SECONDS=10 bash scripts/test.sh
