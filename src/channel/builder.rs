@@ -113,7 +113,7 @@ impl BackendChannelBuilder {
             name: self.name,
             reader: Reader::default(),
             gate: Arc::default(),
-            nonblocking: false,
+            mode_set: false,
             thread: self.thread,
         }
     }

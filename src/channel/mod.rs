@@ -12,16 +12,35 @@
 //! included (they are closed), so the stream stays in sync.
 //!
 //! Two ways to drive it: [`BackendChannel::handle_one`] from the VMM's own event loop when the
-//! socket ([`BackendChannel::as_raw_fd`]) is readable, or [`BackendChannel::spawn`] for a thread
-//! of its own that stops and joins cleanly, within a bound.
+//! socket ([`BackendChannel::as_raw_fd`]) is readable, called until it returns `Ok(None)`, or
+//! [`BackendChannel::spawn`] for a thread of its own that stops and joins cleanly, within a bound.
+//! A plain thread of the VMM's can also loop on [`BackendChannel::handle_one_timeout`], which
+//! waits in `recvmsg` itself.
+//!
+//! # Reading
+//!
+//! One `recvmsg` takes whatever the socket holds, up to a buffer of a few messages, and messages
+//! are framed out of that buffer by their headers: a backend that has queued several requests
+//! costs one read, not two per message. A message already in the buffer is served before the
+//! channel reads or waits again: an event loop calls `handle_one` until it returns `Ok(None)`
+//! (nothing whole is buffered any more), then waits for readiness; the channel's own thread does
+//! the same by itself.
+//!
+//! The descriptors of a read go to the message that holds the read's last byte. On Linux a unix
+//! stream `recvmsg` returns a `sendmsg`'s descriptors with the first read that returns any of its
+//! bytes and never reads past the end of that `sendmsg`'s first buffer, so a backend that sends
+//! each message with its descriptor in one `sendmsg` (vhost's `Backend` does) gets it on that
+//! message however the reads fall. Framing never depends on descriptors: a message whose count
+//! is not the one its request takes (one for SHMEM_MAP, FS_MAP and FS_IO, none for the others) is
+//! refused with `EBADF` and its descriptors closed, and the next message is read as it was sent.
+//! At most a few descriptors are kept per message; further ones are closed as they arrive.
 //!
 //! # Never blocking
 //!
-//! The socket is non-blocking. A message is reassembled across calls (header, body, descriptors),
-//! so a backend that sends half a message and goes silent costs the caller one `recvmsg` that
-//! returns `EAGAIN`, not a stalled thread. Each call reads only the bytes of the message in
-//! progress (header first, then exactly the body it announces), so descriptors are always
-//! attributed to the message whose bytes carried them. A body above
+//! Reads and sends say `MSG_DONTWAIT`, except the wait of
+//! [`BackendChannel::handle_one_timeout`]. A message is reassembled across calls, so a backend
+//! that sends half a message and goes silent costs the caller one `recvmsg` that returns
+//! `EAGAIN`, not a stalled thread. A body above
 //! [`MAX_BODY_SIZE`](crate::protocol::MAX_BODY_SIZE) is drained, at most [`DRAIN_BUDGET`] bytes a
 //! call, then refused with `EMSGSIZE` like any refusal: the stream stays in sync and the event loop
 //! is never held longer than that. Watch the socket level-triggered (the default of epoll).
@@ -131,15 +150,16 @@ pub use thread::{
 };
 
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
+use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
 use vm_memory::ByteValued;
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::io::{CopyGate, IoSpace, Requester, Transfer};
 use crate::metrics::FsMetrics;
@@ -149,7 +169,7 @@ use crate::protocol::{
 };
 use crate::window::{self, Policy, WindowLease};
 use builder::ThreadConfig;
-use reader::{Message, Reader};
+use reader::{Message, Reader, Wait};
 
 /// Shared memory region id of the virtio-fs cache window (`VIRTIO_FS_SHMCAP_ID_CACHE`).
 pub const SHMID_CACHE: u8 = 0;
@@ -180,7 +200,8 @@ pub struct BackendChannel {
     /// Ended when the channel's thread is stopped: no copy into memory of this channel runs
     /// after that, even while a file syscall of it still stalls.
     gate: Arc<CopyGate>,
-    nonblocking: bool,
+    /// The socket has been put in blocking mode ([`BackendChannel::ensure_blocking`]).
+    mode_set: bool,
     thread: ThreadConfig,
 }
 
@@ -200,58 +221,63 @@ impl BackendChannel {
         self.policy
     }
 
-    fn ensure_nonblocking(&mut self) -> Result<()> {
-        if !self.nonblocking {
-            self.sock.set_nonblocking(true).map_err(Error::Recv)?;
-            self.nonblocking = true;
+    /// Puts the socket in blocking mode, once: every read and send that must not wait says so
+    /// itself (`MSG_DONTWAIT`), and [`BackendChannel::handle_one_timeout`] waits in `recvmsg`.
+    fn ensure_blocking(&mut self) -> Result<()> {
+        if !self.mode_set {
+            self.sock.set_nonblocking(false).map_err(Error::Recv)?;
+            self.mode_set = true;
         }
         Ok(())
     }
 
-    /// Handles the next message if the socket holds all of it, without blocking:
-    /// receives what has arrived, and once a whole message is in, decodes, executes and answers
-    /// it. `Ok(None)`: no whole message yet (part of one may have been kept for the next call);
-    /// call again when the socket is readable. A refused request is `Ok(Some(..))` (see
-    /// [`Outcome::value`]).
+    /// Handles the next message without blocking: serves a whole message the channel has
+    /// already received, or else receives what the socket holds (one `recvmsg` takes in every
+    /// message queued, up to a buffer of a few messages) and serves the first whole one.
+    /// `Ok(None)`: no whole message yet (part of one may be kept for the next call).
+    /// A refused request is `Ok(Some(..))` (see [`Outcome::value`]).
+    ///
+    /// **Call it until it returns `Ok(None)`, then wait for the socket to be readable.** Messages
+    /// received with an earlier one are served from the channel's buffer; no readiness event
+    /// announces them, since they are no longer in the socket. `Ok(None)` means nothing whole is
+    /// buffered, so the next message's bytes make the socket readable.
     ///
     /// `Err` means the channel is gone: the backend closed it, broke the protocol, or left its
     /// replies unread. The window lease is then ended ([`WindowLease::end`]): every mapping is
     /// dropped and the window moves to a new generation. Stop watching the socket.
     pub fn handle_one(&mut self) -> Result<Option<Outcome>> {
-        let res = self.handle_ready();
+        self.handle_with(Wait::No)
+    }
+
+    /// As [`BackendChannel::handle_one`], but waits up to about `timeout` for a whole message,
+    /// in `recvmsg` itself (the socket's `SO_RCVTIMEO`, set again only when `timeout` changes):
+    /// a thread serving the channel in a loop of these makes one `recvmsg` a message, as a
+    /// blocking reader does, and no `poll`. `Ok(None)` when no whole message came in time.
+    /// A `timeout` of zero does not wait.
+    pub fn handle_one_timeout(&mut self, timeout: Duration) -> Result<Option<Outcome>> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let wait = match deadline {
+                Some(d) => Wait::Until(d),
+                // Too far to represent: as good as forever.
+                None => Wait::Until(Instant::now() + Duration::from_secs(1 << 30)),
+            };
+            if let Some(out) = self.handle_with(wait)? {
+                return Ok(Some(out));
+            }
+            if deadline.is_none_or(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn handle_with(&mut self, wait: Wait) -> Result<Option<Outcome>> {
+        let res = self.handle_ready(wait);
         if let Err(e) = &res {
             self.reader.abandon();
             self.end_lease(e);
         }
         res
-    }
-
-    /// As [`BackendChannel::handle_one`], but waits up to `timeout` for a whole message to
-    /// arrive. For simple callers and tests; an event loop calls `handle_one` on readiness.
-    pub fn handle_one_timeout(&mut self, timeout: Duration) -> Result<Option<Outcome>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // Whatever part of a message the reader holds, the rest is still in the socket: poll
-            // sees all there is to wait for.
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut pfd = libc::pollfd {
-                fd: self.sock.as_raw_fd(),
-                events: libc::POLLIN | libc::POLLRDHUP,
-                revents: 0,
-            };
-            let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
-            // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-            let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if ready != 0 {
-                // Readable, hung up, or poll failed (EINTR): handle_one finds out which.
-                if let Some(out) = self.handle_one()? {
-                    return Ok(Some(out));
-                }
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-        }
     }
 
     fn end_lease(&self, e: &Error) {
@@ -268,8 +294,8 @@ impl BackendChannel {
         }
     }
 
-    fn handle_ready(&mut self) -> Result<Option<Outcome>> {
-        let Some(msg) = self.poll_message()? else {
+    fn handle_ready(&mut self, wait: Wait) -> Result<Option<Outcome>> {
+        let Some(msg) = self.poll_message(wait)? else {
             return Ok(None);
         };
         let arrived = Instant::now();
@@ -334,11 +360,17 @@ impl BackendChannel {
     fn send_all(&self, bytes: &[u8]) -> Result<()> {
         let mut sent = 0;
         while sent < bytes.len() {
-            // Non-blocking: EAGAIN means the backend left a socket buffer of replies unread.
-            match self.sock.send_with_fds(&[&bytes[sent..]], &[]) {
+            // Never waits: EAGAIN means the backend left a socket buffer of replies unread.
+            let res = sendmsg(
+                &self.sock,
+                &[IoSlice::new(&bytes[sent..])],
+                &mut SendAncillaryBuffer::default(),
+                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            );
+            match res {
                 Ok(n) => sent += n,
-                Err(e) if e.errno() == libc::EINTR => {}
-                Err(e) => return Err(Error::Send(io::Error::from_raw_os_error(e.errno()))),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(Error::Send(io::Error::from(e))),
             }
         }
         Ok(())

@@ -1,13 +1,29 @@
 // Copyright 2026 The virtio-fs-dax Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The message reassembly: descriptor intake, then header, body and descriptors kept across
-//! calls until a message is whole.
+//! The message reader: one `recvmsg` takes whatever the socket holds into a buffer the reader
+//! owns, and messages are framed out of it by their headers, with the descriptors that came
+//! along given to one message by a rule that never loses the stream's framing.
+//!
+//! # Which message a descriptor belongs to
+//!
+//! On a Linux unix stream socket, the descriptors of a `sendmsg` travel with the first of the
+//! socket buffers it queued, and a `recvmsg` that returns any byte of that buffer returns its
+//! descriptors too, then stops at the end of that buffer at the latest
+//! (`unix_stream_read_generic`: `unix_detach_fds`, then `if (scm.fp) break;`). So the bytes of
+//! one read end inside (or at the end of) the `sendmsg` whose descriptors came with it. The
+//! reader gives a read's descriptors to the message that holds the **last byte of that read**.
+//! A backend that sends each message with its descriptors in one `sendmsg` (vhost's `Backend`
+//! does) gets them on that message however the reads fall; one that sends them with a part of a
+//! message gets them on a message the part belongs to. Framing never depends on descriptors, so
+//! whatever a peer does, the stream stays in sync: a message whose descriptor count is not the
+//! one its request takes is refused and its descriptors closed.
 
 use std::fs::File;
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
@@ -23,6 +39,10 @@ pub const DRAIN_BUDGET: usize = 256 << 10;
 /// closed as they arrive and only counted, so a peer that spreads a message over many parts,
 /// each with descriptors, cannot make the channel hold more than this.
 const KEPT_FDS: usize = 4;
+
+/// Size of the reader's buffer: room for a few of the largest messages a request can be, so that
+/// one read takes in every message a backend has queued in the common case.
+const BUF_SIZE: usize = 4 * (HEADER_SIZE + MAX_BODY_SIZE);
 
 /// The descriptors received with one message: the first [`KEPT_FDS`] owned, the rest counted.
 #[derive(Default)]
@@ -50,8 +70,23 @@ impl Fds {
         self.kept.clear();
     }
 
+    /// Adds `other`'s descriptors to these, under the same bound.
+    fn merge(&mut self, other: Fds) {
+        if other.lost {
+            self.lose();
+        }
+        self.dropped += other.dropped;
+        for f in other.kept {
+            self.take(f);
+        }
+    }
+
     pub(super) fn count(&self) -> usize {
         self.kept.len() + self.dropped
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count() == 0 && !self.lost
     }
 
     /// Whether the kernel dropped some of the message's descriptors.
@@ -68,28 +103,39 @@ pub(super) struct Message {
     pub(super) fds: Fds,
 }
 
-/// Where the reassembly of the message in progress stands.
-#[derive(Default)]
-enum Stage {
-    /// Reading the header; `got` bytes of it so far.
-    #[default]
-    Header,
-    /// Reading a body that fits the limit into `body`; `got` bytes so far.
-    Body,
-    /// Draining an oversized body; `left` bytes to go.
-    Drain { left: usize },
+/// How a read may wait.
+#[derive(Clone, Copy)]
+pub(super) enum Wait {
+    /// Never: `MSG_DONTWAIT`.
+    No,
+    /// Until this instant, in `recvmsg` itself (`SO_RCVTIMEO`).
+    Until(Instant),
 }
 
-/// The message in progress, kept across calls so that no call waits for the rest of it.
+/// The byte stream, framed: a buffer of received bytes, the oversized message being drained,
+/// and the descriptors not yet given to a message. Kept across calls so that no call waits for
+/// the rest of a message.
 #[derive(Default)]
 pub(super) struct Reader {
-    stage: Stage,
-    hdr: [u8; HEADER_SIZE],
-    raw: RawHeader,
-    got: usize,
+    /// Received bytes; `buf[start..end]` are not yet framed. Allocated at the first read.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Stream position (bytes received before it) of `buf[start]`.
+    pos: u64,
+    /// An oversized message being drained: its header, and the bytes of its body still to come.
+    drain: Option<(RawHeader, usize)>,
+    /// Stream position where the message being drained ends.
+    drain_end: u64,
+    /// Descriptors of the message that begins at `start` (or is being drained).
+    first: Fds,
+    /// Descriptors of one read whose last byte lies at this stream position, beyond the first
+    /// message's end (as far as that is known).
+    later: Option<(u64, Fds)>,
+    /// The body buffer, lent to each [`Message`] and given back.
     pub(super) body: Vec<u8>,
-    sink: Vec<u8>,
-    fds: Fds,
+    /// `SO_RCVTIMEO` as last set on the socket.
+    rcvtimeo: Option<Duration>,
 }
 
 /// What one receive gave.
@@ -101,44 +147,149 @@ enum Recv {
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
-            .field("got", &self.got)
-            .field("fds", &self.fds.count())
+            .field("buffered", &(self.end - self.start))
+            .field("fds", &self.first.count())
             .finish_non_exhaustive()
     }
 }
 
 impl Reader {
-    /// Whether the stream stands between two messages.
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether the stream stands between two messages, nothing of the next one received.
     fn idle(&self) -> bool {
-        matches!(self.stage, Stage::Header)
-            && self.got == 0
-            && self.fds.count() == 0
-            && !self.fds.lost
+        self.buffered() == 0
+            && self.drain.is_none()
+            && self.first.is_empty()
+            && self.later.is_none()
     }
 
-    /// Gives up the message in progress when the channel has failed: its descriptors are
-    /// closed now, not when the channel is dropped.
+    /// Whether a whole message (or the end of a drained one) is buffered: serving it needs no
+    /// read.
+    pub(super) fn has_message(&self) -> bool {
+        match self.drain {
+            Some((_, left)) => self.buffered() >= left,
+            None => self.header().is_some_and(|raw| {
+                let size = raw.size as usize;
+                size > MAX_BODY_SIZE || self.buffered() >= HEADER_SIZE + size
+            }),
+        }
+    }
+
+    /// The header at `start`, when all of it is buffered.
+    fn header(&self) -> Option<RawHeader> {
+        let bytes = self.buf.get(self.start..self.start + HEADER_SIZE)?;
+        if self.buffered() < HEADER_SIZE {
+            return None;
+        }
+        Some(RawHeader::from_slice(bytes).copied().unwrap_or_default())
+    }
+
+    /// Gives up everything received: the descriptors are closed now, not when the channel is
+    /// dropped.
     pub(super) fn abandon(&mut self) {
-        self.fds = Fds::default();
-        self.stage = Stage::Header;
-        self.got = 0;
+        self.pos += self.buffered() as u64;
+        self.start = 0;
+        self.end = 0;
+        self.drain = None;
+        self.first = Fds::default();
+        self.later = None;
     }
 
-    /// The finished message; the reader starts on the next one.
-    fn finish(&mut self) -> Message {
-        let msg = Message {
-            raw: self.raw,
+    /// Consumes `n` buffered bytes.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        self.pos += n as u64;
+    }
+
+    /// The descriptors of the message that ends at stream position `end`: the first message's,
+    /// and those of a later read whose last byte lies before `end`.
+    fn take_fds(&mut self, end: u64) -> Fds {
+        let mut fds = std::mem::take(&mut self.first);
+        if self.later.as_ref().is_some_and(|(at, _)| *at < end) {
+            if let Some((_, later)) = self.later.take() {
+                fds.merge(later);
+            }
+        }
+        fds
+    }
+
+    /// Frames the next message out of the buffer, if it is there. Bytes of a drained body are
+    /// discarded as they come.
+    fn frame(&mut self) -> Option<Message> {
+        if let Some((raw, left)) = self.drain {
+            let n = left.min(self.buffered());
+            self.consume(n);
+            let left = left - n;
+            if left > 0 {
+                self.drain = Some((raw, left));
+                return None;
+            }
+            self.drain = None;
+            let fds = self.take_fds(self.drain_end);
+            self.body.clear();
+            return Some(Message {
+                raw,
+                body: std::mem::take(&mut self.body),
+                fds,
+            });
+        }
+        let raw = self.header()?;
+        let size = raw.size as usize;
+        if size > MAX_BODY_SIZE {
+            self.consume(HEADER_SIZE);
+            self.drain = Some((raw, size));
+            self.drain_end = self.pos + size as u64;
+            return self.frame();
+        }
+        let len = HEADER_SIZE + size;
+        if self.buffered() < len {
+            return None;
+        }
+        let body_at = self.start + HEADER_SIZE;
+        self.body.clear();
+        self.body
+            .extend_from_slice(&self.buf[body_at..body_at + size]);
+        self.consume(len);
+        let fds = self.take_fds(self.pos);
+        Some(Message {
+            raw,
             body: std::mem::take(&mut self.body),
-            fds: std::mem::take(&mut self.fds),
-        };
-        self.stage = Stage::Header;
-        self.got = 0;
-        msg
+            fds,
+        })
+    }
+
+    /// Where the message in progress stands, for [`Error::Truncated`]: bytes received of its
+    /// header, or of its body once the header is in, and how many were expected.
+    fn progress(&self) -> (usize, usize) {
+        if let Some((raw, left)) = self.drain {
+            let size = raw.size as usize;
+            return (size - left, size);
+        }
+        match self.header() {
+            Some(raw) => (self.buffered() - HEADER_SIZE, raw.size as usize),
+            None => (self.buffered(), HEADER_SIZE),
+        }
+    }
+
+    /// Takes the descriptors of a read whose last byte lies at stream position `at`.
+    fn file_away(&mut self, at: u64, fds: Fds) {
+        if fds.is_empty() {
+            return;
+        }
+        // Reads happen only while the first message is not whole, so descriptors kept from an
+        // earlier read lie inside it.
+        if let Some((_, earlier)) = self.later.take() {
+            self.first.merge(earlier);
+        }
+        self.later = Some((at, fds));
     }
 }
 
 impl BackendChannel {
-    /// Receives into `buf` without blocking, taking ownership of the descriptors that came along.
+    /// One `recvmsg` into `buf`, taking ownership of the descriptors that came along.
     ///
     /// The descriptors are close-on-exec from the moment they are installed
     /// (`MSG_CMSG_CLOEXEC`), so a process the VMM spawns meanwhile inherits none of them. When
@@ -148,18 +299,17 @@ impl BackendChannel {
     /// (`SCM_MAX_FD`) descriptors, the most one `sendmsg` can carry, and a unix stream socket
     /// never hands out the descriptors of two sends in one `recvmsg`, so a truncation never
     /// comes from the buffer being too small.
-    fn recv_part(sock: &UnixStream, buf: &mut [u8], fds: &mut Fds) -> Result<Recv> {
+    fn recv_part(sock: &UnixStream, buf: &mut [u8], fds: &mut Fds, wait: bool) -> Result<Recv> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let flags = if wait {
+            RecvFlags::CMSG_CLOEXEC
+        } else {
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
+        };
         loop {
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let mut iov = [IoSliceMut::new(buf)];
-            let res = recvmsg(
-                sock,
-                &mut iov,
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-            );
-            match res {
+            match recvmsg(sock, &mut iov, &mut control, flags) {
                 Ok(msg) => {
                     // Each received descriptor is an `OwnedFd`: closed exactly once, here or
                     // when the message is done with.
@@ -175,6 +325,8 @@ impl BackendChannel {
                     }
                     return Ok(Recv::Bytes(msg.bytes));
                 }
+                // A signal: the caller looks at its deadline again.
+                Err(Errno::INTR) if wait => return Ok(Recv::WouldBlock),
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => return Ok(Recv::WouldBlock),
                 // The backend closed its end with replies unread: an end of stream like any.
@@ -184,79 +336,80 @@ impl BackendChannel {
         }
     }
 
-    /// Advances the message in progress with what the socket holds now. `Ok(None)`: not whole
-    /// yet (or the drain budget is spent); call again when the socket is readable.
-    pub(super) fn poll_message(&mut self) -> Result<Option<Message>> {
-        self.ensure_nonblocking()?;
-        let r = &mut self.reader;
+    /// Sets the socket's receive timeout for a read that waits until `deadline`; `false` when the
+    /// deadline has passed (read without waiting). The timeout is set again only when the one in
+    /// force would end more than a millisecond past the deadline, or before it: a caller that
+    /// passes the same timeout every time pays one `setsockopt` in all.
+    fn arm_timeout(&mut self, deadline: Instant) -> Result<bool> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left < Duration::from_micros(1) {
+            return Ok(false);
+        }
+        let set = self.reader.rcvtimeo;
+        if set.is_some_and(|t| t >= left && t - left <= Duration::from_millis(1)) {
+            return Ok(true);
+        }
+        self.sock
+            .set_read_timeout(Some(left))
+            .map_err(Error::Recv)?;
+        self.reader.rcvtimeo = Some(left);
+        Ok(true)
+    }
+
+    /// The next message, framed from what the reader holds or, when that holds no whole message,
+    /// from what the socket gives now (waiting as `wait` says). `Ok(None)`: not whole yet, or the
+    /// drain budget is spent; nothing whole is buffered then, so the socket's readiness announces
+    /// whatever comes next.
+    pub(super) fn poll_message(&mut self, wait: Wait) -> Result<Option<Message>> {
+        self.ensure_blocking()?;
         let mut drained = 0;
         loop {
-            let (buf, expected): (&mut [u8], usize) = match r.stage {
-                Stage::Header => (&mut r.hdr[r.got..], HEADER_SIZE),
-                Stage::Body => {
-                    let len = r.body.len();
-                    (&mut r.body[r.got..], len)
-                }
-                Stage::Drain { left } => {
-                    if drained >= DRAIN_BUDGET {
-                        return Ok(None);
-                    }
-                    if r.sink.is_empty() {
-                        r.sink.resize(64 << 10, 0);
-                    }
-                    let chunk = left.min(r.sink.len()).min(DRAIN_BUDGET - drained);
-                    (&mut r.sink[..chunk], r.raw.size as usize)
-                }
+            if let Some(msg) = self.reader.frame() {
+                return Ok(Some(msg));
+            }
+            let draining = self.reader.drain.is_some();
+            if draining && drained >= DRAIN_BUDGET {
+                return Ok(None);
+            }
+            let waits = match wait {
+                Wait::No => false,
+                Wait::Until(deadline) => self.arm_timeout(deadline)?,
             };
-            let n = match Self::recv_part(&self.sock, buf, &mut r.fds)? {
+            let r = &mut self.reader;
+            if r.buf.is_empty() {
+                r.buf = vec![0; BUF_SIZE];
+            }
+            // Unframed bytes move to the front: at most one message's worth, usually none.
+            if r.start > 0 {
+                r.buf.copy_within(r.start..r.end, 0);
+                r.end -= r.start;
+                r.start = 0;
+            }
+            let mut room = r.buf.len() - r.end;
+            if draining {
+                room = room.min(DRAIN_BUDGET - drained);
+            }
+            let mut fds = Fds::default();
+            let res = Self::recv_part(&self.sock, &mut r.buf[r.end..r.end + room], &mut fds, waits);
+            let n = match res? {
                 Recv::WouldBlock => return Ok(None),
                 Recv::Bytes(0) => {
+                    drop(fds);
                     return Err(if r.idle() {
                         Error::Disconnected
                     } else {
-                        Error::Truncated {
-                            got: r.got,
-                            expected,
-                        }
-                    })
+                        let (got, expected) = r.progress();
+                        Error::Truncated { got, expected }
+                    });
                 }
                 Recv::Bytes(n) => n,
             };
-            match &mut r.stage {
-                Stage::Header => {
-                    r.got += n;
-                    if r.got < HEADER_SIZE {
-                        continue;
-                    }
-                    r.raw = RawHeader::from_slice(&r.hdr).copied().unwrap_or_default();
-                    let size = r.raw.size as usize;
-                    r.got = 0;
-                    if size > MAX_BODY_SIZE {
-                        r.stage = Stage::Drain { left: size };
-                    } else if size > 0 {
-                        r.body.clear();
-                        r.body.resize(size, 0);
-                        r.stage = Stage::Body;
-                    } else {
-                        return Ok(Some(r.finish()));
-                    }
-                }
-                Stage::Body => {
-                    r.got += n;
-                    if r.got == r.body.len() {
-                        return Ok(Some(r.finish()));
-                    }
-                }
-                Stage::Drain { left } => {
-                    *left -= n;
-                    r.got += n;
-                    drained += n;
-                    if *left == 0 {
-                        r.body.clear();
-                        return Ok(Some(r.finish()));
-                    }
-                }
+            r.end += n;
+            if draining {
+                drained += n;
             }
+            let last = r.pos + r.buffered() as u64 - 1;
+            r.file_away(last, fds);
         }
     }
 }

@@ -74,7 +74,7 @@ impl BackendChannel {
             Box<dyn FnOnce() -> Result<()> + Send>,
         ) -> io::Result<JoinHandle<Result<()>>>,
     ) -> Result<ChannelThread> {
-        self.ensure_nonblocking()?;
+        self.ensure_blocking()?;
         // Every descriptor made here is close-on-exec from its creation, so a process the VMM
         // spawns inherits none: the eventfds by EFD_CLOEXEC, the epoll by EPOLL_CLOEXEC
         // (`Epoll::new`), the clones by F_DUPFD_CLOEXEC (`try_clone`).
@@ -165,23 +165,28 @@ impl BackendChannel {
             if control.park() {
                 return Ok(());
             }
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::Recv(e)),
-            };
-            let ready = &events[..n];
-            if ready.iter().any(|e| e.data() == EV_STOP) {
-                return Ok(());
+            // Messages that came in with the last one are served before any wait: they are no
+            // longer in the socket, so no readiness would announce them. A pause or a stop is
+            // seen between any two of them.
+            if !self.reader.has_message() {
+                let n = match epoll.wait(-1, &mut events) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::Recv(e)),
+                };
+                let ready = &events[..n];
+                if ready.iter().any(|e| e.data() == EV_STOP) {
+                    return Ok(());
+                }
+                if ready.iter().any(|e| e.data() == EV_WAKE) {
+                    // A pause (or a withdrawn one): look again before reading anything.
+                    let _ = control.wake.read();
+                    continue;
+                }
             }
-            if ready.iter().any(|e| e.data() == EV_WAKE) {
-                // A pause (or a withdrawn one): look again before reading anything.
-                let _ = control.wake.read();
-                continue;
-            }
-            // One message a wakeup: the socket is watched level-triggered, so whatever else
-            // is there wakes the next `epoll_wait` at once, and a stop or a pause is seen in
-            // between.
+            // One message a turn. The socket is watched level-triggered, and the reader reads
+            // only when it holds no whole message, so whatever is left unread wakes the next
+            // `epoll_wait` at once.
             if let Err(e) = self.handle_one() {
                 if stop.read().is_ok() {
                     return Ok(());
