@@ -5,7 +5,10 @@
 //!
 //! The input is a byte stream cut into chunks, each sent by the peer (the "backend") with one
 //! `sendmsg` and 0..=7 file descriptors (memfds of a few sizes, or eventfds, which cannot be
-//! mapped); see `parse` for the layout. A peer thread writes every chunk, shuts its write side
+//! mapped); see `parse` for the layout. Chunk boundaries fall anywhere, so a chunk may hold a
+//! piece of one message, the end of one and the start of the next, or several whole ones, with
+//! its descriptors on whatever it holds; the channel's reads merge chunks further (one `recvmsg`
+//! takes what the socket holds, up to the end of a chunk carrying descriptors). A peer thread writes every chunk, shuts its write side
 //! down and drains the replies until the channel closes; the fuzzed thread calls `handle_one`
 //! until the channel reports the end of the stream.
 //!
@@ -14,6 +17,9 @@
 //!   whole message, `Truncated` inside one; never a receive or send error;
 //! - the channel handled exactly the whole messages of the stream, in order (it stays in sync,
 //!   oversized bodies and refused requests included);
+//! - descriptors go only to a message that shares a byte with the chunk that carried them
+//!   (`check_fd_attribution`): the channel's reader gives a read's descriptors to the message
+//!   holding the read's last byte, and the kernel ends that read inside the chunk;
 //! - every reply is well formed, answers its request (`NEED_REPLY`, or a MEM_READ with data) and
 //!   carries the value `handle_one` returned;
 //! - the window is sound: the memfds are mapped only inside `[host_addr, host_addr + size)`,
@@ -41,7 +47,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use virtio_fs_dax::channel::Error as ChannelError;
 use virtio_fs_dax::protocol::{
-    standard, Access, FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, VERSION,
+    legacy, standard, Access, FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, VERSION,
 };
 use virtio_fs_dax::{BackendChannel, DaxWindow, Dialect, IoSpace, Outcome};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -335,8 +341,15 @@ fn le32(b: &[u8]) -> u32 {
     u32::from_le_bytes(b[..4].try_into().unwrap())
 }
 
-/// The whole messages of `stream`, as (request, flags), and whether it ends between messages.
-fn messages(stream: &[u8]) -> (Vec<(u32, u32)>, bool) {
+/// A whole message of the stream: request, flags, and the bytes of the stream it spans.
+struct Msg {
+    request: u32,
+    flags: u32,
+    span: std::ops::Range<usize>,
+}
+
+/// The whole messages of `stream`, and whether it ends between messages.
+fn messages(stream: &[u8]) -> (Vec<Msg>, bool) {
     let mut out = Vec::new();
     let mut at = 0;
     while stream.len() - at >= HEADER_SIZE {
@@ -345,13 +358,63 @@ fn messages(stream: &[u8]) -> (Vec<(u32, u32)>, bool) {
         if stream.len() - at - HEADER_SIZE < size {
             return (out, false);
         }
-        out.push((le32(h), le32(&h[4..])));
-        at += HEADER_SIZE + size;
+        let end = at + HEADER_SIZE + size;
+        out.push(Msg {
+            request: le32(h),
+            flags: le32(&h[4..]),
+            span: at..end,
+        });
+        at = end;
     }
     (out, at == stream.len())
 }
 
-fn check_replies(config: &Config, want: &[(u32, u32)], outcomes: &[Outcome], mut replies: &[u8]) {
+/// Whether `request` takes one descriptor (`Some(true)`) or none (`Some(false)`) in `dialect`.
+fn takes_fd(dialect: Dialect, request: u32) -> Option<bool> {
+    match (dialect, request) {
+        (Dialect::Standard, standard::SHMEM_MAP) => Some(true),
+        (Dialect::Standard, standard::SHMEM_UNMAP) => Some(false),
+        (Dialect::Legacy, legacy::FS_MAP | legacy::FS_IO) => Some(true),
+        (Dialect::Legacy, legacy::FS_UNMAP | legacy::FS_SYNC) => Some(false),
+        _ => None,
+    }
+}
+
+/// Descriptors go to a message that shares a byte with the chunk that carried them (the
+/// message holding the last byte of the read that brought them): a message that shares no byte
+/// with any chunk carrying descriptors has none, so a request that takes one is refused and one
+/// that takes none is not refused for its descriptor count.
+fn check_fd_attribution(
+    config: &Config,
+    want: &[Msg],
+    outcomes: &[Outcome],
+    fd_spans: &[std::ops::Range<usize>],
+) {
+    for (i, (m, o)) in want.iter().zip(outcomes).enumerate() {
+        let shares = fd_spans
+            .iter()
+            .any(|c| c.start < m.span.end && m.span.start < c.end);
+        if shares {
+            continue;
+        }
+        match takes_fd(config.dialect, m.request) {
+            Some(true) => assert!(
+                o.value < 0,
+                "message {i} ({}) got a descriptor from a chunk it shares no byte with",
+                m.request
+            ),
+            Some(false) => assert_ne!(
+                o.value,
+                -i64::from(libc::EBADF),
+                "message {i} ({}) was refused for descriptors it cannot have had",
+                m.request
+            ),
+            None => {}
+        }
+    }
+}
+
+fn check_replies(config: &Config, want: &[Msg], outcomes: &[Outcome], mut replies: &[u8]) {
     assert_eq!(
         outcomes.len(),
         want.len(),
@@ -359,7 +422,8 @@ fn check_replies(config: &Config, want: &[(u32, u32)], outcomes: &[Outcome], mut
         outcomes.len(),
         want.len()
     );
-    for (i, (o, &(request, flags))) in outcomes.iter().zip(want).enumerate() {
+    for (i, (o, m)) in outcomes.iter().zip(want).enumerate() {
+        let (request, flags) = (m.request, m.flags);
         assert_eq!(o.request, request, "message {i}: request code");
         let need_reply = flags & FLAG_NEED_REPLY != 0;
         // A MEM_READ that succeeded answers with the bytes, asked or not.
@@ -537,6 +601,15 @@ fn run(data: &[u8]) {
     };
     let stream: Vec<u8> = chunks.iter().flat_map(|c| c.data.iter().copied()).collect();
     let (want, clean_end) = messages(&stream);
+    // The bytes of the stream each chunk that carries descriptors spans.
+    let mut at = 0;
+    let mut fd_spans = Vec::new();
+    for c in &chunks {
+        if !c.fds.is_empty() {
+            fd_spans.push(at..at + c.data.len());
+        }
+        at += c.data.len();
+    }
 
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let mut builder = BackendChannel::builder(ours)
@@ -559,6 +632,7 @@ fn run(data: &[u8]) {
         "the channel closed before the peer sent everything"
     );
     check_replies(&config, &want, &outcomes, &peer.replies);
+    check_fd_attribution(&config, &want, &outcomes, &fd_spans);
     drop(peer);
 
     let window = &shared.window;
