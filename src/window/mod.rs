@@ -379,7 +379,7 @@ impl DaxWindowBuilder {
             host_addr: reservation.addr() as u64,
             inner: Mutex::new(Inner {
                 reservation,
-                table: MappingTable::new(),
+                table: MappingTable::new(page_size, size),
                 ballast,
                 generation: 0,
                 poisoned: false,
@@ -536,10 +536,11 @@ impl DaxWindow {
 
     /// Maps `entries` of `fd`, all or nothing: every entry is checked first (range, alignment,
     /// granule, overlap under `policy`, entries against each other, the bound on live mappings),
-    /// then mapped in order. The checks cost O(log n) in the number of live mappings. If a
-    /// mapping fails, the entries already mapped go back to the reservation and the error is
-    /// returned. Ranges an entry replaced under [`OverlapPolicy::Replace`] are not restored on
-    /// rollback (their file descriptors are not kept); they read as the reservation.
+    /// then mapped in order. The checks cost the same whatever the number of live mappings: they
+    /// grow with the length of the ranges only, a word of bits per 64 pages. If a mapping fails,
+    /// the entries already mapped go back to the reservation and the error is returned. Ranges
+    /// an entry replaced under [`OverlapPolicy::Replace`] are not restored on rollback (their
+    /// file descriptors are not kept); they read as the reservation.
     pub fn map(&self, entries: &[MapEntry], fd: impl AsFd, policy: Policy) -> Result<()> {
         self.map_as(None, entries, fd.as_fd(), policy)
     }
