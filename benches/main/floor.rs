@@ -3,7 +3,9 @@
 
 //! The floor's mappings: the same syscalls as the window's, without the crate.
 
-use std::os::fd::RawFd;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::null_mut;
 
 use virtio_fs_dax::window::DaxWindow;
@@ -34,9 +36,40 @@ impl RawRange {
         (self.base + offset as usize) as *mut libc::c_void
     }
 
+    pub fn size(&self) -> u64 {
+        self.size as u64
+    }
+
     /// `mmap MAP_SHARED | MAP_FIXED` of `fd` over `[offset, offset + len)`, read-only.
     pub fn map(&self, offset: u64, len: u64, fd: RawFd, fd_offset: u64) {
+        self.remap(offset, len, libc::PROT_READ, Some((fd, fd_offset)))
+            .unwrap();
+    }
+
+    /// Puts `[offset, offset + len)` back to the `PROT_NONE` reservation.
+    pub fn clear(&self, offset: u64, len: u64) {
+        self.remap(offset, len, libc::PROT_NONE, None).unwrap();
+    }
+
+    /// One `mmap MAP_FIXED` over `[offset, offset + len)` (which must lie inside the reservation):
+    /// `MAP_SHARED` of `(fd, fd_offset)` with `prot`, or with `None` fresh anonymous
+    /// `MAP_NORESERVE` pages (the reservation again, with `PROT_NONE`).
+    pub fn remap(
+        &self,
+        offset: u64,
+        len: u64,
+        prot: libc::c_int,
+        file: Option<(RawFd, u64)>,
+    ) -> io::Result<()> {
         let at = self.at(offset, len);
+        let (flags, fd, fd_offset) = match file {
+            Some((fd, fd_offset)) => (libc::MAP_SHARED, fd, fd_offset as libc::off_t),
+            None => (
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            ),
+        };
         // SAFETY: `at` checked the range lies inside the reservation, which outlives this call
         // (its owner is borrowed by the caller); MAP_FIXED replaces only its pages, and no Rust
         // reference points into them.
@@ -44,30 +77,24 @@ impl RawRange {
             libc::mmap(
                 at,
                 len as usize,
-                libc::PROT_READ,
-                libc::MAP_SHARED | libc::MAP_FIXED,
+                prot,
+                flags | libc::MAP_FIXED,
                 fd,
-                fd_offset as libc::off_t,
+                fd_offset,
             )
         };
-        assert_ne!(ret, libc::MAP_FAILED);
+        if ret == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
-    /// Puts `[offset, offset + len)` back to the `PROT_NONE` reservation.
-    pub fn clear(&self, offset: u64, len: u64) {
-        let at = self.at(offset, len);
-        // SAFETY: as in `map`, with fresh PROT_NONE anonymous pages.
-        let ret = unsafe {
-            libc::mmap(
-                at,
-                len as usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(ret, libc::MAP_FAILED);
+    /// Maps `ranges` 2 MiB ranges of `file` from the start, file offset 0 each (no two
+    /// neighbouring VMAs can merge): the raw twin of [`crate::map::fill_window`].
+    pub fn fill(&self, file: &File, ranges: u64) {
+        for i in 0..ranges {
+            self.map(i * M2, M2, file.as_raw_fd(), 0);
+        }
     }
 }
 

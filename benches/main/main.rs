@@ -21,11 +21,23 @@
 //!   FS_IO on the channel, against a raw `pread` (and a raw server doing recvmsg + pread).
 //! - `reset/*`: `unmap_all` of a full 64 GiB window (32,768 live mappings) against the raw
 //!   `PROT_NONE` re-map of a reservation holding as many VMAs. Only the reset is timed.
+//! - `handler/*`: map + unmap through `BackendChannel` against vhost's own `FrontendReqHandler`
+//!   with a minimal mmap handler (what a VMM writes without the crate) and the raw server, each
+//!   crate drive (`spawn()`, a plain thread on `handle_one_timeout`) against the handler driven
+//!   the same way (an epoll thread, a plain thread on blocking reads): 2 MiB and 4 KiB pairs, and
+//!   2 MiB with 32,768 live mappings (each server in a child process: two such windows exceed
+//!   the default `vm.max_map_count`).
 //!
 //! criterion measures one benchmark after the other, so load changes on a shared machine show up
 //! in the ratio of two of its figures. After each group the bench therefore measures every pair
 //! again, interleaved (see [`paired`]), and prints the median ratio on a line starting with
 //! `paired`: those are the ratios to read (not in `--test` mode).
+//!
+//! Besides criterion's, the bench binary has two modes, chosen by the environment (see
+//! [`handler`]): `VFD_BENCH_SERVER=<side>` (with `VFD_BENCH_SERVER_FD`) runs one server for a
+//! parent bench process, and `VFD_BENCH_STRACE=<side>` (a `handler/` id without the group, e.g.
+//! `vhost_epoll_2m` or `spawn_2m_live_32k`) runs 10,000 map+unmap pairs of that side and exits,
+//! to count syscalls per pair: `strace -f -ff -o DIR/t <bench binary>`, one file per thread.
 //!
 //! Socket benchmarks run their two threads (criterion's, the peer; and the server) where
 //! `VFD_BENCH_PIN` says: `same` (default: both on one CPU), `cross` (one CPU each) or `none`.
@@ -36,6 +48,7 @@ mod common;
 mod decode;
 mod dialect;
 mod floor;
+mod handler;
 mod io;
 mod map;
 mod paired;
@@ -44,7 +57,7 @@ mod reserve;
 mod reset;
 mod server;
 
-use criterion::{criterion_group, criterion_main};
+use criterion::{criterion_group, Criterion};
 
 const M2: u64 = 2 << 20;
 const G64: u64 = 64 << 30;
@@ -61,6 +74,16 @@ criterion_group!(
     channel::channel,
     dialect::dialect,
     io::io,
-    reset::reset
+    reset::reset,
+    handler::handler
 );
-criterion_main!(benches);
+
+/// `criterion_main!`, after the bench binary's other modes (a server for a parent bench process,
+/// a fixed run to count syscalls), which must come before criterion reads the arguments.
+fn main() {
+    if handler::run_mode() {
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

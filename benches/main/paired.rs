@@ -26,15 +26,15 @@ pub fn timed(n: u64, mut op: impl FnMut()) -> Duration {
 /// (criterion's `iter_custom` contract: set-up inside it may stay out of the time). The routine
 /// sets itself up on first use, so a filtered-out benchmark costs nothing.
 pub struct Side<F> {
-    id: &'static str,
+    id: String,
     run: F,
     ran: bool,
 }
 
 impl<F: FnMut(u64) -> Duration> Side<F> {
-    pub fn new(id: &'static str, run: F) -> Self {
+    pub fn new(id: impl Into<String>, run: F) -> Self {
         Side {
-            id,
+            id: id.into(),
             run,
             ran: false,
         }
@@ -42,7 +42,7 @@ impl<F: FnMut(u64) -> Duration> Side<F> {
 
     pub fn bench(&mut self, g: &mut BenchmarkGroup<'_, WallTime>) {
         let (ran, run) = (&mut self.ran, &mut self.run);
-        g.bench_function(self.id, |b| {
+        g.bench_function(&self.id, |b| {
             *ran = true;
             b.iter_custom(&mut *run)
         });

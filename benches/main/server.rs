@@ -7,9 +7,11 @@ use std::io::Read;
 use std::mem::{size_of, size_of_val};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::process::Child;
 use std::thread::{self, JoinHandle};
 
 use vm_memory::ByteValued;
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use virtio_fs_dax::channel::ChannelThread;
@@ -35,13 +37,29 @@ pub fn call(sock: &UnixStream, msg: &[u8], fd: Option<RawFd>) -> i64 {
 
 pub enum Server {
     Channel(ChannelThread),
+    /// Stopped by shutting the socket down.
     Thread(JoinHandle<()>),
+    /// Stopped by writing to the eventfd it waits on.
+    Stoppable(EventFd, JoinHandle<()>),
+    /// A server in a child process, killed and reaped; our end of the socket pair it started
+    /// with (the child also ends when that closes).
+    Process(Child, UnixStream),
 }
 
-/// A server on its own thread and the peer's end of its socket; stops and joins on drop.
+/// A server (a thread, or a child process) and the peer's end of its socket; stops the server
+/// and joins (or reaps) it on drop.
 pub struct Served {
     pub peer: UnixStream,
     server: Option<Server>,
+}
+
+impl Served {
+    pub fn new(peer: UnixStream, server: Server) -> Self {
+        Served {
+            peer,
+            server: Some(server),
+        }
+    }
 }
 
 impl Drop for Served {
@@ -51,6 +69,14 @@ impl Drop for Served {
             Some(Server::Thread(h)) => {
                 let _ = self.peer.shutdown(std::net::Shutdown::Both);
                 h.join().unwrap();
+            }
+            Some(Server::Stoppable(stop, h)) => {
+                stop.write(1).unwrap();
+                h.join().unwrap();
+            }
+            Some(Server::Process(mut child, _boot)) => {
+                let _ = child.kill();
+                child.wait().unwrap();
             }
             None => {}
         }
@@ -83,10 +109,7 @@ pub fn serve_channel(
             {}
         })),
     });
-    Served {
-        peer,
-        server: Some(server),
-    }
+    Served::new(peer, server)
 }
 
 /// What the raw server does with a request.
@@ -106,13 +129,34 @@ pub fn serve_raw(place: &Placement, op: RawOp) -> Served {
 /// As [`serve_raw`]; with `poll_first`, the server waits for readiness with `poll(2)` before each
 /// message, as an event loop does.
 pub fn serve_raw_with(place: &Placement, op: RawOp, poll_first: bool) -> Served {
+    let reservation = match op {
+        RawOp::Map { window } => Some(RawReservation::new(window)),
+        RawOp::Pread { .. } => None,
+    };
+    spawn_raw(place, op, reservation, poll_first)
+}
+
+/// As [`serve_raw_with`] of [`RawOp::Map`], into a reservation the caller made (and filled).
+pub fn serve_raw_into(place: &Placement, reservation: RawReservation, poll_first: bool) -> Served {
+    let op = RawOp::Map {
+        window: reservation.range.size(),
+    };
+    spawn_raw(place, op, Some(reservation), poll_first)
+}
+
+fn spawn_raw(
+    place: &Placement,
+    op: RawOp,
+    reservation: Option<RawReservation>,
+    poll_first: bool,
+) -> Served {
     let (ours, peer) = UnixStream::pair().unwrap();
-    let server =
-        place.server(|| Server::Thread(thread::spawn(move || raw_server(ours, op, poll_first))));
-    Served {
-        peer,
-        server: Some(server),
-    }
+    let server = place.server(|| {
+        Server::Thread(thread::spawn(move || {
+            raw_server(ours, op, reservation, poll_first)
+        }))
+    });
+    Served::new(peer, server)
 }
 
 /// `recvmsg` until `buf` is full, keeping the first descriptor that comes along. `None` at the
@@ -161,12 +205,8 @@ pub fn raw_recv(fd: RawFd, buf: &mut [u8], file: &mut Option<OwnedFd>) -> Option
 
 /// The floor of the channel: header and body read as the channel reads them (two `recvmsg`),
 /// no decoding, no checks, no table; the mmap (or pread), then a 20-byte reply.
-pub fn raw_server(sock: UnixStream, op: RawOp, poll_first: bool) {
+fn raw_server(sock: UnixStream, op: RawOp, reservation: Option<RawReservation>, poll_first: bool) {
     let fd = sock.as_raw_fd();
-    let reservation = match op {
-        RawOp::Map { window } => Some(RawReservation::new(window)),
-        RawOp::Pread { .. } => None,
-    };
     let mut buf = match op {
         RawOp::Pread { len } => Some(AnonBuf::new(len)),
         RawOp::Map { .. } => None,
