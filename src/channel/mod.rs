@@ -164,8 +164,8 @@ use vm_memory::ByteValued;
 use crate::io::{CopyGate, IoSpace, Requester, Transfer};
 use crate::metrics::FsMetrics;
 use crate::protocol::{
-    self, decode_body, encode_reply, encode_reply_with, DecodeError, Dialect, Header, IoDirection,
-    Request, FLAG_NEED_REPLY,
+    self, decode_body, encode_reply_with, DecodeError, Dialect, Header, IoDirection, Request,
+    FLAG_NEED_REPLY,
 };
 use crate::window::{self, Policy, WindowLease};
 use builder::ThreadConfig;
@@ -298,11 +298,11 @@ impl BackendChannel {
         let Some(msg) = self.poll_message(wait)? else {
             return Ok(None);
         };
-        let arrived = Instant::now();
         FsMetrics::add(&self.metrics.requests, 1);
         let request = msg.raw.request;
         let need_reply = msg.raw.flags & FLAG_NEED_REPLY != 0;
-        let mut is_map = false;
+        // Set for a map that decoded: the latency counts from there to the reply.
+        let mut arrived = None;
         let result = Header::parse(&msg.raw)
             .map_err(RequestError::from)
             .and_then(|h| {
@@ -314,7 +314,9 @@ impl BackendChannel {
                 decode_body(self.dialect, &h, &msg.body, msg.fds.count()).map_err(Into::into)
             })
             .and_then(|req| {
-                is_map = matches!(req, Request::ShmemMap { .. } | Request::FsMap(_));
+                if matches!(req, Request::ShmemMap { .. } | Request::FsMap(_)) {
+                    arrived = Some(Instant::now());
+                }
                 self.execute(req, &msg.fds.kept)
             });
         // The body buffer goes back to the reader; descriptors are not needed past this point
@@ -340,15 +342,14 @@ impl BackendChannel {
             }
         };
         let replied = need_reply || payload.is_some();
-        if replied {
-            let bytes = match payload {
-                Some(data) => encode_reply_with(request, &data),
-                None => encode_reply(request, value as u64),
-            };
-            self.send_all(&bytes)?;
+        match payload {
+            Some(data) => self.send_all(&encode_reply_with(request, &data))?,
+            // The common reply, without an allocation.
+            None if replied => self.send_all(&value_reply(request, value as u64))?,
+            None => {}
         }
-        if is_map && value >= 0 {
-            self.metrics.map_latency().record(arrived.elapsed());
+        if let Some(at) = arrived.filter(|_| value >= 0) {
+            self.metrics.map_latency().record(at.elapsed());
         }
         Ok(Some(Outcome {
             request,
@@ -501,4 +502,33 @@ impl AsRawFd for BackendChannel {
 enum Reply {
     Value(u64),
     Data(Vec<u8>),
+}
+
+/// [`protocol::encode_reply`] into an array.
+fn value_reply(request: u32, value: u64) -> [u8; protocol::HEADER_SIZE + 8] {
+    let mut out = [0; protocol::HEADER_SIZE + 8];
+    out[..4].copy_from_slice(&request.to_le_bytes());
+    out[4..8].copy_from_slice(&(protocol::VERSION | protocol::FLAG_REPLY).to_le_bytes());
+    out[8..12].copy_from_slice(&8u32.to_le_bytes());
+    out[12..].copy_from_slice(&value.to_le_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_reply_is_encode_reply() {
+        for (request, value) in [
+            (9, 0),
+            (10, (-i64::from(libc::EBADF)) as u64),
+            (1, u64::MAX),
+        ] {
+            assert_eq!(
+                value_reply(request, value).to_vec(),
+                protocol::encode_reply(request, value)
+            );
+        }
+    }
 }

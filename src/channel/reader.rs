@@ -202,6 +202,9 @@ impl Reader {
     fn consume(&mut self, n: usize) {
         self.start += n;
         self.pos += n as u64;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
     }
 
     /// The descriptors of the message that ends at stream position `end`: the first message's,
