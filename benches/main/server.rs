@@ -11,6 +11,7 @@ use std::process::Child;
 use std::thread::{self, JoinHandle};
 
 use vm_memory::ByteValued;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -126,44 +127,50 @@ pub fn serve_raw(place: &Placement, op: RawOp) -> Served {
     serve_raw_with(place, op, false)
 }
 
-/// As [`serve_raw`]; with `poll_first`, the server waits for readiness with `poll(2)` before each
+/// As [`serve_raw`]; with `wait_first`, the server waits for readiness with `epoll_wait` before each
 /// message, as an event loop does.
-pub fn serve_raw_with(place: &Placement, op: RawOp, poll_first: bool) -> Served {
+pub fn serve_raw_with(place: &Placement, op: RawOp, wait_first: bool) -> Served {
     let reservation = match op {
         RawOp::Map { window } => Some(RawReservation::new(window)),
         RawOp::Pread { .. } => None,
     };
-    spawn_raw(place, op, reservation, poll_first)
+    spawn_raw(place, op, reservation, wait_first)
 }
 
 /// As [`serve_raw_with`] of [`RawOp::Map`], into a reservation the caller made (and filled).
-pub fn serve_raw_into(place: &Placement, reservation: RawReservation, poll_first: bool) -> Served {
+pub fn serve_raw_into(place: &Placement, reservation: RawReservation, wait_first: bool) -> Served {
     let op = RawOp::Map {
         window: reservation.range.size(),
     };
-    spawn_raw(place, op, Some(reservation), poll_first)
+    spawn_raw(place, op, Some(reservation), wait_first)
 }
 
 fn spawn_raw(
     place: &Placement,
     op: RawOp,
     reservation: Option<RawReservation>,
-    poll_first: bool,
+    wait_first: bool,
 ) -> Served {
     let (ours, peer) = UnixStream::pair().unwrap();
     let server = place.server(|| {
         Server::Thread(thread::spawn(move || {
-            raw_server(ours, op, reservation, poll_first)
+            raw_server(ours, op, reservation, wait_first)
         }))
     });
     Served::new(peer, server)
 }
 
-/// `recvmsg` until `buf` is full, keeping the first descriptor that comes along. `None` at the
-/// end of the stream.
-pub fn raw_recv(fd: RawFd, buf: &mut [u8], file: &mut Option<OwnedFd>) -> Option<()> {
+/// `recvmsg` into `buf` until at least `min` bytes are in, keeping the first descriptor that comes
+/// along; returns how many came. Each `recvmsg` asks for all of `buf`, so a message sent whole
+/// (header and body in one `sendmsg`) takes one call. `None` at the end of the stream.
+pub fn raw_recv(
+    fd: RawFd,
+    buf: &mut [u8],
+    min: usize,
+    file: &mut Option<OwnedFd>,
+) -> Option<usize> {
     let mut got = 0;
-    while got < buf.len() {
+    while got < min {
         let rest = &mut buf[got..];
         let mut iov = libc::iovec {
             iov_base: rest.as_mut_ptr().cast(),
@@ -200,38 +207,39 @@ pub fn raw_recv(fd: RawFd, buf: &mut [u8], file: &mut Option<OwnedFd>) -> Option
         }
         got += n as usize;
     }
-    Some(())
+    Some(got)
 }
 
-/// The floor of the channel: header and body read as the channel reads them (two `recvmsg`),
-/// no decoding, no checks, no table; the mmap (or pread), then a 20-byte reply.
-fn raw_server(sock: UnixStream, op: RawOp, reservation: Option<RawReservation>, poll_first: bool) {
+/// The floor of the channel: a message read as the channel reads it (one `recvmsg` takes header
+/// and body), no decoding, no checks, no table; the mmap (or pread), then a 20-byte reply. With
+/// `wait_first`, an `epoll_wait` for readiness before each message, as the channel's own thread
+/// makes.
+fn raw_server(sock: UnixStream, op: RawOp, reservation: Option<RawReservation>, wait_first: bool) {
     let fd = sock.as_raw_fd();
+    let epoll = Epoll::new().unwrap();
+    epoll
+        .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 0))
+        .unwrap();
+    let mut events = [EpollEvent::default(); 1];
     let mut buf = match op {
         RawOp::Pread { len } => Some(AnonBuf::new(len)),
         RawOp::Map { .. } => None,
     };
-    let mut hdr = [0u8; HEADER_SIZE];
-    let mut body = [0u8; size_of::<FsBackendMsg>()];
+    let mut msg = [0u8; HEADER_SIZE + size_of::<FsBackendMsg>()];
     loop {
-        if poll_first {
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, -1) };
+        if wait_first && epoll.wait(-1, &mut events).is_err() {
+            return;
         }
         let mut file = None;
-        if raw_recv(fd, &mut hdr, &mut file).is_none() {
+        let Some(got) = raw_recv(fd, &mut msg, HEADER_SIZE, &mut file) else {
+            return;
+        };
+        let size = u32::from_le_bytes(msg[8..12].try_into().unwrap()) as usize;
+        let end = HEADER_SIZE + size.min(size_of::<FsBackendMsg>());
+        if got < end && raw_recv(fd, &mut msg[got..end], end - got, &mut file).is_none() {
             return;
         }
-        let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
-        let size = size.min(body.len());
-        if raw_recv(fd, &mut body[..size], &mut file).is_none() {
-            return;
-        }
+        let (hdr, body) = msg.split_at(HEADER_SIZE);
         let code = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
         let value = match (op, &reservation, &file) {
             (RawOp::Map { .. }, Some(r), Some(f)) => {
@@ -245,7 +253,7 @@ fn raw_server(sock: UnixStream, op: RawOp, reservation: Option<RawReservation>, 
                 0
             }
             (RawOp::Pread { .. }, _, Some(f)) => {
-                let m = FsBackendMsg::from_slice(&body).unwrap();
+                let m = FsBackendMsg::from_slice(body).unwrap();
                 let (len, at) = (m.len[0] as usize, m.fd_offset[0]);
                 let buf = buf.as_mut().unwrap().as_mut();
                 pread_all(f.as_raw_fd(), &mut buf[..len], at) as u64
