@@ -253,7 +253,9 @@ impl BackendChannel {
     /// in `recvmsg` itself (the socket's `SO_RCVTIMEO`, set again only when `timeout` changes):
     /// a thread serving the channel in a loop of these makes one `recvmsg` a message, as a
     /// blocking reader does, and no `poll`. `Ok(None)` when no whole message came in time.
-    /// A `timeout` of zero does not wait.
+    /// A `timeout` of zero does not wait. Beyond what a request itself makes (see [`SYSCALLS`]),
+    /// a thread driving the channel this way makes `recvmsg`, `sendmsg`, `setsockopt`
+    /// (`SO_RCVTIMEO`, when the timeout changes) and, once, `ioctl(FIONBIO)`.
     pub fn handle_one_timeout(&mut self, timeout: Duration) -> Result<Option<Outcome>> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
