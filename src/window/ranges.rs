@@ -1086,11 +1086,15 @@ mod tests {
             (0xdead_beef_cafe_f00d, 1 << 16, 2 * (1 << CHUNK_SHIFT)),
             (0x0123_4567_89ab_cdef, PAGE, 40),
         ] {
-            differential(seed, page, pages, 6000);
+            // Miri runs this module too (scripts/test.sh), at a thousandth of the speed.
+            differential(seed, page, pages, if cfg!(miri) { 300 } else { 6000 });
         }
     }
 
     #[test]
+    // A 64 GiB window of test-sized chunks is 131,072 chunk slots to walk: minutes under Miri,
+    // which runs the differential test over the same code instead.
+    #[cfg_attr(miri, ignore)]
     fn idle_table_holds_nothing() {
         // A 64 GiB window.
         let mut t = MappingTable::new(PAGE, 64 << 30);
@@ -1117,6 +1121,9 @@ mod tests {
     }
 
     #[test]
+    // A 64 GiB window of test-sized chunks is 131,072 chunk slots to walk: minutes under Miri,
+    // which runs the differential test over the same code instead.
+    #[cfg_attr(miri, ignore)]
     fn mappings_across_chunks() {
         let chunk = PAGE << CHUNK_SHIFT;
         let mut t = MappingTable::new(PAGE, 4 * chunk);
