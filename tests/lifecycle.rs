@@ -17,7 +17,6 @@
 mod common;
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::sync::Arc;
 use std::thread;
@@ -265,24 +264,10 @@ fn reset_and_drop_with_a_stalled_backend_are_bounded() {
 // ---------------------------------------------------------------------------------------------
 // The channel never blocks its caller
 
-fn channel_over(w: &Arc<DaxWindow>) -> (BackendChannel, RawPeer) {
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let channel = BackendChannel::builder(ours)
-        .window(w.clone())
-        .dialect(Dialect::Standard)
-        .name("lifecycle")
-        .build();
-    (channel, RawPeer { sock: theirs })
-}
-
 fn message(request: u32, size: u32, body: &[u8]) -> Vec<u8> {
     let mut m = RawPeer::header(request, VERSION | FLAG_NEED_REPLY, size);
     m.extend_from_slice(body);
     m
-}
-
-fn send(peer: &RawPeer, bytes: &[u8], fds: &[RawFd]) {
-    assert_eq!(peer.sock.send_with_fds(&[bytes], fds).unwrap(), bytes.len());
 }
 
 /// Waits until the socket is readable (or `timeout`).
@@ -301,12 +286,12 @@ fn half_a_message_returns_at_once_and_keeps_its_descriptor() {
     let _g = serial();
     let base = fd_count();
     let w = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (mut channel, peer) = channel_over(&w);
+    let (mut channel, peer) = standard_channel(&w, "lifecycle");
     let (file, _) = memfd(2 * MIB, |_| 7);
     let msg = message(standard::SHMEM_MAP, 40, &ro(0, 2 * MIB));
 
     // Six header bytes, with the descriptor, then silence: every call returns at once.
-    send(&peer, &msg[..6], &[file.as_raw_fd()]);
+    peer.send_bytes(&msg[..6], &[file.as_raw_fd()]);
     let start = Instant::now();
     for _ in 0..100 {
         assert!(channel.handle_one().unwrap().is_none());
@@ -318,9 +303,9 @@ fn half_a_message_returns_at_once_and_keeps_its_descriptor() {
     );
     // The rest comes in two parts without descriptors: the one that came with the first bytes
     // belongs to this message.
-    send(&peer, &msg[6..20], &[]);
+    peer.send_bytes(&msg[6..20], &[]);
     assert!(channel.handle_one().unwrap().is_none());
-    send(&peer, &msg[20..], &[]);
+    peer.send_bytes(&msg[20..], &[]);
     let out = channel.handle_one().unwrap().unwrap();
     assert_eq!(
         (out.request, out.value, out.replied),
@@ -338,7 +323,7 @@ fn half_a_message_returns_at_once_and_keeps_its_descriptor() {
 fn an_oversized_body_is_drained_in_bounded_steps() {
     let _g = serial();
     let w = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (mut channel, peer) = channel_over(&w);
+    let (mut channel, peer) = standard_channel(&w, "lifecycle");
     let (file, _) = memfd(2 * MIB, |_| 9);
     let size = 1 << 20;
     let fd = file.as_raw_fd();
@@ -388,7 +373,7 @@ fn an_oversized_body_is_drained_in_bounded_steps() {
     // rest; the end of the stream in the middle is Truncated, and the mapping is dropped.
     let mut head = message(standard::SHMEM_MAP, u32::MAX, &[]);
     head.resize(HEADER_SIZE + 100_000, 0);
-    send(&peer, &head, &[]);
+    peer.send_bytes(&head, &[]);
     for _ in 0..4 {
         assert!(channel.handle_one().unwrap().is_none());
     }
@@ -414,10 +399,9 @@ fn rustix_dup(fd: RawFd) -> RawFd {
 fn a_failed_channel_drops_its_mappings_in_handle_one_mode() {
     let _g = serial();
     let w = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (mut channel, peer) = channel_over(&w);
+    let (mut channel, peer) = standard_channel(&w, "lifecycle");
     let (file, _) = memfd(2 * MIB, |_| 3);
-    send(
-        &peer,
+    peer.send_bytes(
         &message(standard::SHMEM_MAP, 40, &ro(0, 2 * MIB)),
         &[file.as_raw_fd()],
     );
@@ -431,9 +415,8 @@ fn a_failed_channel_drops_its_mappings_in_handle_one_mode() {
     assert!(window_is_empty(&w), "the failed channel left its mappings");
     assert_eq!(w.generation(), 1, "the session's generation ended");
     // A channel of the new generation serves.
-    let (mut channel, peer) = channel_over(&w);
-    send(
-        &peer,
+    let (mut channel, peer) = standard_channel(&w, "lifecycle");
+    peer.send_bytes(
         &message(standard::SHMEM_MAP, 40, &ro(0, 2 * MIB)),
         &[file.as_raw_fd()],
     );
@@ -445,7 +428,7 @@ fn a_failed_channel_drops_its_mappings_in_handle_one_mode() {
 fn a_backend_that_never_reads_its_replies_ends_the_channel() {
     let _g = serial();
     let w = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (mut channel, peer) = channel_over(&w);
+    let (mut channel, peer) = standard_channel(&w, "lifecycle");
     let sent = 100_000;
     let writer = {
         let sock = peer.sock.try_clone().unwrap();
@@ -590,9 +573,9 @@ fn the_window_bounds_its_live_mappings() {
         .unwrap();
     let w = Arc::new(DaxWindow::builder(8 * MIB).max_mappings(4).build().unwrap());
     assert_eq!(w.max_mappings(), 4);
-    let (mut channel, peer) = channel_over(&w);
+    let (mut channel, peer) = standard_channel(&w, "lifecycle");
     let mut call = |request, body: Vec<u8>, fds: &[RawFd]| {
-        send(&peer, &message(request, 40, &body), fds);
+        peer.send_bytes(&message(request, 40, &body), fds);
         let value = channel.handle_one_timeout(T).unwrap().unwrap().value;
         assert_eq!(peer.reply(request), value);
         value
@@ -648,13 +631,12 @@ fn a_backend_cannot_take_the_process_near_its_map_limit() {
     let w = Arc::new(DaxWindow::new(1 << 30).unwrap());
     assert_eq!(w.max_mappings(), DEFAULT_MAX_MAPPINGS);
     let (file, _) = memfd(PAGE, |_| 1);
-    let (mut channel, peer) = channel_over(&w);
+    let (mut channel, peer) = standard_channel(&w, "lifecycle");
     // A backend (or a guest driving FUSE_SETUPMAPPING) maps every other page of the window.
     let tries = DEFAULT_MAX_MAPPINGS + 2000;
     let mut refused = 0;
     for k in 0..tries as u64 {
-        send(
-            &peer,
+        peer.send_bytes(
             &message(standard::SHMEM_MAP, 40, &ro(2 * k * PAGE, PAGE)),
             &[file.as_raw_fd()],
         );
@@ -805,9 +787,9 @@ fn map_limit_child() {
         w.map(&[entry(at(k), PAGE)], &file, Policy::STANDARD)
             .unwrap();
     }
-    let (mut channel, peer) = channel_over(&w);
+    let (mut channel, peer) = standard_channel(&w, "lifecycle");
     let call = |channel: &mut BackendChannel, request, body: Vec<u8>, fds: &[RawFd]| {
-        send(&peer, &message(request, 40, &body), fds);
+        peer.send_bytes(&message(request, 40, &body), fds);
         let value = channel.handle_one_timeout(T).unwrap().unwrap().value;
         assert_eq!(peer.reply(request), value);
         value

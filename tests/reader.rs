@@ -9,18 +9,16 @@
 mod common;
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use vm_memory::ByteValued;
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use common::*;
 use virtio_fs_dax::protocol::{standard, FLAG_NEED_REPLY, VERSION};
-use virtio_fs_dax::{BackendChannel, DaxWindow, Dialect, Refusal};
+use virtio_fs_dax::{DaxWindow, Dialect, Refusal};
 
 fn ro(offset: u64, len: u64) -> Vec<u8> {
     shmem_range(offset, len).as_slice().to_vec()
@@ -30,20 +28,6 @@ fn message(request: u32, body: &[u8]) -> Vec<u8> {
     let mut m = RawPeer::header(request, VERSION | FLAG_NEED_REPLY, body.len() as u32);
     m.extend_from_slice(body);
     m
-}
-
-fn send(peer: &RawPeer, bytes: &[u8], fds: &[RawFd]) {
-    assert_eq!(peer.sock.send_with_fds(&[bytes], fds).unwrap(), bytes.len());
-}
-
-fn channel_over(w: &Arc<DaxWindow>) -> (BackendChannel, RawPeer) {
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let channel = BackendChannel::builder(ours)
-        .window(w.clone())
-        .dialect(Dialect::Standard)
-        .name("reader")
-        .build();
-    (channel, RawPeer { sock: theirs })
 }
 
 /// Bytes the socket holds unread (`FIONREAD`).
@@ -59,15 +43,15 @@ fn unread(fd: RawFd) -> usize {
 fn one_read_takes_in_every_queued_message_and_each_is_served_from_the_buffer() {
     let _g = serial();
     let w = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (mut channel, peer) = channel_over(&w);
+    let (mut channel, peer) = standard_channel(&w, "reader");
     let (file, _) = memfd(2 * MIB, |_| 5);
     // An unmap of nothing, then a map: two messages in one send, the map's descriptor attached
     // (it goes to the message that ends the send); then another map in a send of its own.
     let mut all = message(standard::SHMEM_UNMAP, &ro(0, 2 * MIB));
     all.extend(message(standard::SHMEM_MAP, &ro(0, 2 * MIB)));
     let third = message(standard::SHMEM_MAP, &ro(2 * MIB, 2 * MIB));
-    send(&peer, &all, &[file.as_raw_fd()]);
-    send(&peer, &third, &[file.as_raw_fd()]);
+    peer.send_bytes(&all, &[file.as_raw_fd()]);
+    peer.send_bytes(&third, &[file.as_raw_fd()]);
     let enoent = -i64::from(libc::ENOENT);
 
     // The first call reads once, up to the end of the first send (its descriptor came with it).
@@ -103,10 +87,9 @@ fn descriptors_go_to_the_message_holding_the_last_byte_of_their_read() {
     let _g = serial();
     let base = fd_count();
     let w = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (mut channel, peer) = channel_over(&w);
+    let (mut channel, peer) = standard_channel(&w, "reader");
     let (file, _) = memfd(2 * MIB, |_| 9);
-    send(
-        &peer,
+    peer.send_bytes(
         &message(standard::SHMEM_MAP, &ro(0, 2 * MIB)),
         &[file.as_raw_fd()],
     );
@@ -116,7 +99,7 @@ fn descriptors_go_to_the_message_holding_the_last_byte_of_their_read() {
     // the descriptor belongs to the map, whose message ends the read.
     let mut both = message(standard::SHMEM_UNMAP, &ro(0, 2 * MIB));
     both.extend(message(standard::SHMEM_MAP, &ro(2 * MIB, 2 * MIB)));
-    send(&peer, &both, &[file.as_raw_fd()]);
+    peer.send_bytes(&both, &[file.as_raw_fd()]);
     let mut outs = Vec::new();
     while let Some(out) = channel.handle_one().unwrap() {
         outs.push((out.request, out.value));
@@ -140,19 +123,19 @@ fn a_descriptor_sent_across_two_messages_is_refused_with_both_and_the_stream_sta
     let _g = serial();
     let base = fd_count();
     let w = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (mut channel, peer) = channel_over(&w);
+    let (mut channel, peer) = standard_channel(&w, "reader");
     let (file, _) = memfd(2 * MIB, |_| 3);
     let map = message(standard::SHMEM_MAP, &ro(0, 2 * MIB));
     let unmap = message(standard::SHMEM_UNMAP, &ro(0, 2 * MIB));
     // The map's first 30 bytes alone; its last 22 with the unmap's first 5 and the descriptor;
     // the rest of the unmap; then a valid map with its own descriptor.
-    send(&peer, &map[..30], &[]);
+    peer.send_bytes(&map[..30], &[]);
     let mut mid = map[30..].to_vec();
     mid.extend_from_slice(&unmap[..5]);
-    send(&peer, &mid, &[file.as_raw_fd()]);
-    send(&peer, &unmap[5..], &[]);
+    peer.send_bytes(&mid, &[file.as_raw_fd()]);
+    peer.send_bytes(&unmap[5..], &[]);
     let valid = message(standard::SHMEM_MAP, &ro(4 * MIB, 2 * MIB));
-    send(&peer, &valid, &[file.as_raw_fd()]);
+    peer.send_bytes(&valid, &[file.as_raw_fd()]);
 
     let mut outs = Vec::new();
     while let Some(out) = channel.handle_one().unwrap() {
@@ -197,7 +180,7 @@ fn blocked_in(tid: libc::pid_t) -> Option<i64> {
 fn a_thread_serving_with_handle_one_timeout_waits_in_recvmsg_not_in_poll() {
     let _g = serial();
     let w = Arc::new(DaxWindow::new(8 * MIB).unwrap());
-    let (channel, peer) = channel_over(&w);
+    let (channel, peer) = standard_channel(&w, "reader");
     let (tid_tx, tid_rx) = mpsc::channel();
     let server = thread::spawn(move || {
         let mut channel = channel;
@@ -252,7 +235,7 @@ fn a_channel_thread_serves_every_message_of_one_read_without_waiting_for_more() 
     all.extend(message(standard::SHMEM_UNMAP, &ro(2 * MIB, 2 * MIB)));
     all.extend(message(standard::SHMEM_UNMAP, &ro(4 * MIB, 2 * MIB)));
     all.extend(message(standard::SHMEM_MAP, &ro(0, 2 * MIB)));
-    send(&h.peer, &all, &[file.as_raw_fd()]);
+    h.peer.send_bytes(&all, &[file.as_raw_fd()]);
     let enoent = -i64::from(libc::ENOENT);
     for (r, v) in [
         (standard::SHMEM_UNMAP, enoent),

@@ -249,11 +249,27 @@ impl RawPeer {
         u64::from_le_bytes(v.try_into().unwrap()) as i64
     }
 
+    /// Sends `bytes` as they are, with `fds` attached, in one `sendmsg`.
+    pub fn send_bytes(&self, bytes: &[u8], fds: &[RawFd]) {
+        assert_eq!(self.sock.send_with_fds(&[bytes], fds).unwrap(), bytes.len());
+    }
+
     /// Sends and waits for the reply.
     pub fn call(&self, request: u32, body: &[u8], fds: &[RawFd]) -> i64 {
         self.send(request, body, fds);
         self.reply(request)
     }
+}
+
+/// A standard-dialect channel over `w`, not yet driven, with a raw peer on the other end.
+pub fn standard_channel(w: &Arc<DaxWindow>, name: &str) -> (BackendChannel, RawPeer) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let channel = BackendChannel::builder(ours)
+        .window(w.clone())
+        .dialect(Dialect::Standard)
+        .name(name)
+        .build();
+    (channel, RawPeer { sock: theirs })
 }
 
 /// A window served by a channel thread, with a raw peer on the other end.
