@@ -93,30 +93,37 @@ step "real guest: dax-vmm boots Linux, which mounts with dax=always (KVM directl
     cargo build --release --locked)
 (cd vmm/guest-tool && cargo fmt -- --check &&
     cargo clippy --release --locked -- "${CLIPPY_FLAGS[@]}" && cargo build --release --locked)
-# Three L1 boots where the route is nested (each bounded by VFD_L1_TIMEOUT, retried once if L1
-# itself locks up). First, virtio-mmio: the KVM check, a plain boot, and the DAX mount against the
-# dax-backend process in both dialects (each with a reboot; the standard one also with the
-# backend killed and restarted), against virtiofsd-dax (reboot, killed and restarted), then
-# against stock virtiofsd (no window: the fallback).
-VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1800} bash scripts/with-kvm.sh bash -c 'python3 scripts/kvm-check.py &&
-    bash vmm/scripts/boot-smoke.sh && VFD_KILL=1 bash vmm/scripts/dax-smoke.sh &&
-    VFD_DIALECT=legacy bash vmm/scripts/dax-smoke.sh &&
-    VFD_KILL=1 VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh &&
-    VFD_BACKEND=virtiofsd bash vmm/scripts/dax-smoke.sh'
-# Then virtio-pci: the DAX mount against dax-backend and against virtiofsd-dax, a guest that
-# misuses the PCI function, and virtio-mmio and virtio-pci in one guest.
-VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1500} bash scripts/with-kvm.sh bash -c 'VFD_TRANSPORT=pci bash vmm/scripts/dax-smoke.sh &&
-    VFD_TRANSPORT=pci VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh &&
+# Where the route is nested, each line below is one boot of L1 of its own, so that a rare lockup
+# of L1 (scripts/with-kvm.sh: stopped within a minute of its watchdog's report or four minutes of
+# silence, then booted again, twice at most) costs a rerun of two or three guest runs, not of
+# all of them. A boot of L1 itself takes about 17 s here.
+# l1 TIMEOUT COMMAND: COMMAND (a shell line) where /dev/kvm can boot Linux, L1 bounded by TIMEOUT
+# seconds per boot.
+l1() { VFD_L1_RETRIES=${VFD_L1_RETRIES:-2} VFD_L1_TIMEOUT=$1 bash scripts/with-kvm.sh bash -c "$2"; }
+# virtio-mmio: the KVM check, a plain boot, and the DAX mount against the dax-backend process in
+# both dialects (each with a reboot; the standard one also with the backend killed and
+# restarted), against virtiofsd-dax (reboot, killed and restarted), then against stock
+# virtiofsd (no window: the fallback).
+l1 600 'python3 scripts/kvm-check.py && bash vmm/scripts/boot-smoke.sh &&
+    VFD_KILL=1 bash vmm/scripts/dax-smoke.sh'
+l1 600 'VFD_DIALECT=legacy bash vmm/scripts/dax-smoke.sh &&
+    VFD_KILL=1 VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh'
+# virtio-pci: the DAX mount against dax-backend and against virtiofsd-dax, a guest that misuses
+# the PCI function, and virtio-mmio and virtio-pci in one guest.
+l1 600 'VFD_BACKEND=virtiofsd bash vmm/scripts/dax-smoke.sh &&
+    VFD_TRANSPORT=pci bash vmm/scripts/dax-smoke.sh'
+l1 600 'VFD_TRANSPORT=pci VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh &&
     bash vmm/scripts/pci-abuse.sh && bash vmm/scripts/pci-mixed.sh'
-# Then a newer guest kernel beside the current one (Debian's linux-image-6.12-amd64, FUSE_DAX
-# built in; L1 keeps the current kernel): the DAX mount against dax-backend, and against
-# virtiofsd-dax killed and restarted. In the same L1, real cloud-hypervisor with the patches of
-# integrations/cloud-hypervisor boots the current kernel: the DAX mount against virtiofsd-dax
-# (reboot, killed and restarted), and without cache_size against stock virtiofsd.
-VFD_L1_TIMEOUT=${VFD_L1_TIMEOUT:-1800} VFD_GUEST_KERNEL=linux-image-6.12-amd64 bash scripts/with-kvm.sh bash -c '
+# A newer guest kernel beside the current one (Debian's linux-image-6.12-amd64, FUSE_DAX built
+# in; L1 keeps the current kernel): the DAX mount against dax-backend, and against virtiofsd-dax
+# killed and restarted.
+VFD_GUEST_KERNEL=linux-image-6.12-amd64 l1 600 '
     VFD_KERNEL_DIR=$VFD_GUEST_KERNEL_DIR bash vmm/scripts/dax-smoke.sh &&
-    VFD_KERNEL_DIR=$VFD_GUEST_KERNEL_DIR VFD_KILL=1 VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh &&
-    VFD_KILL=1 bash integrations/cloud-hypervisor/guest-smoke.sh &&
+    VFD_KERNEL_DIR=$VFD_GUEST_KERNEL_DIR VFD_KILL=1 VFD_BACKEND=virtiofsd-dax bash vmm/scripts/dax-smoke.sh'
+# Real cloud-hypervisor with the patches of integrations/cloud-hypervisor boots the current
+# kernel: the DAX mount against virtiofsd-dax (reboot, killed and restarted), and without
+# cache_size against stock virtiofsd.
+l1 600 'VFD_KILL=1 bash integrations/cloud-hypervisor/guest-smoke.sh &&
     VFD_BACKEND=virtiofsd bash integrations/cloud-hypervisor/guest-smoke.sh'
 
 step "miri (the decoder and the range bookkeeping)"

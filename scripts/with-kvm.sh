@@ -28,9 +28,11 @@
 #
 # Settings (environment): VFD_WITH_KVM=direct|nested (default: detect), VFD_L1_MEM_MIB (3072),
 # VFD_L1_CPUS (2), VFD_L1_TIMEOUT seconds per boot of L1 (900), VFD_L1_RETRIES (1: boots of L1
-# again when it ends without the command's status, see below), VFD_L1_LOCKUP_SECS (120: a soft
-# lockup that long in L1 stops it at once), VFD_L1_LOG (a log of L1's console; default a
-# temporary file, printed when L1 fails).
+# again when it ends without the command's status, see below), VFD_L1_LOCKUP_SECS (60: a soft
+# lockup that long in L1 stops it at once), VFD_L1_SILENCE_SECS (240: L1's console silent that
+# long stops it too), VFD_L1_LOG (a log of L1's console; default a temporary file, printed when
+# L1 fails). Each boot of L1 ends with one line: how long it took and its console's longest
+# silence.
 set -euo pipefail
 
 [ "${1:-}" = "--" ] && shift
@@ -184,31 +186,51 @@ chmod +x "$root/init"
 
 log=${VFD_L1_LOG:-$work/l1.log}
 # L1 is QEMU TCG emulating SVM, with KVM's shadow paging inside: once in a while its kernel locks
-# up in KVM_RUN (a soft lockup that no signal ends), seen about once in ten guest boots here.
-# That is this route's failure, not the command's: when L1 ends without the command's status,
-# it is booted once more (VFD_L1_RETRIES), loudly. A status, success or not, is final. Such a
-# lockup is not waited out to VFD_L1_TIMEOUT: once L1's watchdog reports a CPU stuck for
-# VFD_L1_LOCKUP_SECS (120) seconds or more, L1 is stopped at once.
+# up in KVM_RUN, seen about once in ten guest boots here. Either its watchdog reports a CPU stuck
+# (a soft lockup that no signal ends), or, with every CPU stuck, its console just stops. That is
+# this route's failure, not the command's: when L1 ends without the command's status, it is
+# booted once more (VFD_L1_RETRIES), loudly. A status, success or not, is final. Neither kind
+# of hang is waited out to VFD_L1_TIMEOUT: L1 is stopped at once when its watchdog reports a CPU
+# stuck for VFD_L1_LOCKUP_SECS (60) seconds or more, or when its console has printed nothing
+# for VFD_L1_SILENCE_SECS (240) seconds. The commands run here print at every step, a guest's
+# boot included, and their longest silence is printed for each boot of L1, so that this bound
+# can be checked against the runs.
 attempts=$((1 + ${VFD_L1_RETRIES:-1}))
-lockup_secs=${VFD_L1_LOCKUP_SECS:-120}
-# watch_lockups LOG PIDFILE: stops the QEMU of PIDFILE once LOG reports a lockup that long.
-watch_lockups() {
-    local log=$1 pidfile=$2 stuck
+lockup_secs=${VFD_L1_LOCKUP_SECS:-60}
+silence_secs=${VFD_L1_SILENCE_SECS:-240}
+# watch_l1 LOG PIDFILE: stops the QEMU of PIDFILE once LOG reports a lockup that long, or stays
+# the same size that long; keeps the longest silence seen in $work/silence.
+watch_l1() {
+    local log=$1 pidfile=$2 stuck size last_size=-1 quiet=0 longest=0
     while sleep 5; do
         stuck=$(grep -ao 'soft lockup - CPU#[0-9]* stuck for [0-9]*s' "$log" 2>/dev/null |
             sed 's/.* \([0-9]*\)s$/\1/' | sort -n | tail -n1) || true
-        if [ "${stuck:-0}" -ge "$lockup_secs" ] && [ -s "$pidfile" ]; then
-            echo "with-kvm: L1 reports a CPU stuck for ${stuck}s: stopping it" >&2
-            kill "$(cat "$pidfile")" 2>/dev/null
-            return
+        size=$(stat -c %s "$log" 2>/dev/null || echo 0)
+        if [ "$size" = "$last_size" ]; then
+            quiet=$((quiet + 5))
+        else
+            quiet=0
+            last_size=$size
         fi
+        [ "$quiet" -gt "$longest" ] && longest=$quiet && echo "$longest" >"$work/silence"
+        [ -s "$pidfile" ] || continue
+        if [ "${stuck:-0}" -ge "$lockup_secs" ]; then
+            echo "with-kvm: L1 reports a CPU stuck for ${stuck}s: stopping it" >&2
+        elif [ "$quiet" -ge "$silence_secs" ]; then
+            echo "with-kvm: L1's console has been silent for ${quiet}s: stopping it" >&2
+        else
+            continue
+        fi
+        kill "$(cat "$pidfile")" 2>/dev/null
+        return
     done
 }
 for attempt in $(seq "$attempts"); do
     status=0
-    rm -f "$work/qemu.pid"
+    rm -f "$work/qemu.pid" "$work/silence"
     : >"$log"
-    watch_lockups "$log" "$work/qemu.pid" &
+    began=$(date +%s)
+    watch_l1 "$log" "$work/qemu.pid" &
     watcher=$!
     timeout "${VFD_L1_TIMEOUT:-900}" qemu-system-x86_64 -pidfile "$work/qemu.pid" \
         -accel tcg,thread=multi -cpu qemu64,+svm -smp "${VFD_L1_CPUS:-2}" -m "${VFD_L1_MEM_MIB:-3072}" \
@@ -219,6 +241,7 @@ for attempt in $(seq "$attempts"); do
         </dev/null 2>&1 | tee "$log" | sed -u -n '/with-kvm: exit [0-9]/!p' || status=$?
     kill "$watcher" 2>/dev/null || true
     wait "$watcher" 2>/dev/null || true
+    echo "with-kvm: L1 ran $(($(date +%s) - began))s (attempt $attempt of $attempts), its console's longest silence $(cat "$work/silence" 2>/dev/null || echo 0)s" >&2
 
     code=$(sed -n 's/.*with-kvm: exit \([0-9][0-9]*\).*/\1/p' "$log" | tail -n1 | tr -d '\r')
     [ -n "$code" ] && exit "$code"
