@@ -319,7 +319,7 @@ impl BackendChannel {
                 if matches!(req, Request::ShmemMap { .. } | Request::FsMap(_)) {
                     arrived = Some(Instant::now());
                 }
-                self.execute(req, &msg.fds.kept)
+                self.execute(req, msg.fds.first())
             });
         // The body buffer goes back to the reader; descriptors are not needed past this point
         // (a mapping keeps its file alive by itself).
@@ -406,14 +406,12 @@ impl BackendChannel {
         }
     }
 
-    fn execute(&self, req: Request, files: &[File]) -> std::result::Result<Reply, RequestError> {
+    fn execute(&self, req: Request, first: Option<&File>) -> std::result::Result<Reply, RequestError> {
         self.check_current()?;
         let from = self.requester();
         // The decoder checked the descriptor count; `first` cannot be missing where it is used.
         let file = || {
-            files
-                .first()
-                .ok_or(RequestError::Decode(DecodeError::BadFdCount {
+            first.ok_or(RequestError::Decode(DecodeError::BadFdCount {
                     request: 0,
                     got: 0,
                     expected: 1,

@@ -45,9 +45,12 @@ const KEPT_FDS: usize = 4;
 const BUF_SIZE: usize = 4 * (HEADER_SIZE + MAX_BODY_SIZE);
 
 /// The descriptors received with one message: the first [`KEPT_FDS`] owned, the rest counted.
+/// Held inline: a message's descriptors cost no allocation.
 #[derive(Default)]
 pub(super) struct Fds {
-    pub(super) kept: Vec<File>,
+    /// `kept[..n]` are the descriptors kept, in the order they came.
+    kept: [Option<File>; KEPT_FDS],
+    n: usize,
     dropped: usize,
     /// The kernel dropped some of the message's descriptors (`MSG_CTRUNC`): the message is
     /// refused, and whatever descriptors did come are closed as they arrive.
@@ -56,33 +59,45 @@ pub(super) struct Fds {
 
 impl Fds {
     fn take(&mut self, file: File) {
-        if self.kept.len() < KEPT_FDS && !self.lost {
-            self.kept.push(file);
-        } else {
-            self.dropped += 1;
+        match self.kept.get_mut(self.n) {
+            Some(slot) if !self.lost => {
+                *slot = Some(file);
+                self.n += 1;
+            }
+            _ => self.dropped += 1,
         }
     }
 
     /// Marks the message's descriptors lost and closes the ones kept so far.
     fn lose(&mut self) {
         self.lost = true;
-        self.dropped += self.kept.len();
-        self.kept.clear();
+        self.dropped += self.n;
+        self.kept = Default::default();
+        self.n = 0;
     }
 
     /// Adds `other`'s descriptors to these, under the same bound.
-    fn merge(&mut self, other: Fds) {
+    fn merge(&mut self, mut other: Fds) {
+        if self.is_empty() {
+            *self = other;
+            return;
+        }
         if other.lost {
             self.lose();
         }
         self.dropped += other.dropped;
-        for f in other.kept {
+        for f in other.kept.iter_mut().filter_map(Option::take) {
             self.take(f);
         }
     }
 
+    /// The first descriptor kept, if any.
+    pub(super) fn first(&self) -> Option<&File> {
+        self.kept[0].as_ref()
+    }
+
     pub(super) fn count(&self) -> usize {
-        self.kept.len() + self.dropped
+        self.n + self.dropped
     }
 
     fn is_empty(&self) -> bool {
