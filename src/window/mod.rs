@@ -670,7 +670,11 @@ impl DaxWindow {
             if result.is_err() {
                 break;
             }
-            inner.table.remove(r.offset, r.len);
+            // Checked above: under `Exact`, each range is exactly one mapping.
+            match policy.unmap {
+                UnmapPolicy::Exact => inner.table.remove_exact(r.offset, r.len),
+                UnmapPolicy::Any => inner.table.remove(r.offset, r.len),
+            }
             FsMetrics::add(&self.metrics.unmaps, 1);
         }
         self.update_gauges(&inner);
