@@ -406,16 +406,20 @@ impl BackendChannel {
         }
     }
 
-    fn execute(&self, req: Request, first: Option<&File>) -> std::result::Result<Reply, RequestError> {
+    fn execute(
+        &self,
+        req: Request,
+        first: Option<&File>,
+    ) -> std::result::Result<Reply, RequestError> {
         self.check_current()?;
         let from = self.requester();
         // The decoder checked the descriptor count; `first` cannot be missing where it is used.
         let file = || {
             first.ok_or(RequestError::Decode(DecodeError::BadFdCount {
-                    request: 0,
-                    got: 0,
-                    expected: 1,
-                }))
+                request: 0,
+                got: 0,
+                expected: 1,
+            }))
         };
         match req {
             Request::ShmemMap { shmid, entry } => {
