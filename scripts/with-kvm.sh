@@ -29,8 +29,8 @@
 # Settings (environment): VFD_WITH_KVM=direct|nested (default: detect), VFD_L1_MEM_MIB (3072),
 # VFD_L1_CPUS (2), VFD_L1_TIMEOUT seconds per boot of L1 (900), VFD_L1_RETRIES (1: boots of L1
 # again when it ends without the command's status, see below), VFD_L1_LOCKUP_SECS (60: a soft
-# lockup that long in L1 stops it at once), VFD_L1_SILENCE_SECS (240: L1's console silent that
-# long stops it too), VFD_L1_LOG (a log of L1's console; default a temporary file, printed when
+# lockup that long in L1 stops it at once), VFD_L1_SILENCE_SECS (240: the command printing
+# nothing that long stops L1 too), VFD_L1_LOG (a log of L1's console; default a temporary file, printed when
 # L1 fails). Each boot of L1 ends with one line: how long it took and its console's longest
 # silence.
 set -euo pipefail
@@ -174,8 +174,12 @@ mkdir -p /host$(printf '%q' "$cwd")
 mount -t 9p -o \$o work /host$(printf '%q' "$cwd") || echo "with-kvm: mounting the work dir failed"
 cp /cmd /host/run/with-kvm-cmd
 [ -c /dev/kvm ] || echo "with-kvm: no /dev/kvm in L1"
+# A heartbeat on the console, kept out of the command's output: it tells a hang of L1 itself
+# from a command (or its guest) that has gone silent.
+(while sleep 20; do echo "with-kvm: L1 alive"; done) &
 chroot /host /bin/bash /run/with-kvm-cmd
 st=\$?
+kill \$! 2>/dev/null
 echo
 echo "with-kvm: exit \$st"
 sync
@@ -187,37 +191,49 @@ chmod +x "$root/init"
 log=${VFD_L1_LOG:-$work/l1.log}
 # L1 is QEMU TCG emulating SVM, with KVM's shadow paging inside: once in a while its kernel locks
 # up in KVM_RUN, seen about once in ten guest boots here. Either its watchdog reports a CPU stuck
-# (a soft lockup that no signal ends), or, with every CPU stuck, its console just stops. That is
-# this route's failure, not the command's: when L1 ends without the command's status, it is
-# booted once more (VFD_L1_RETRIES), loudly. A status, success or not, is final. Neither kind
-# of hang is waited out to VFD_L1_TIMEOUT: L1 is stopped at once when its watchdog reports a CPU
-# stuck for VFD_L1_LOCKUP_SECS (60) seconds or more, or when its console has printed nothing
-# for VFD_L1_SILENCE_SECS (240) seconds. The commands run here print at every step, a guest's
-# boot included, and their longest silence is printed for each boot of L1, so that this bound
-# can be checked against the runs.
+# (a soft lockup that no signal ends), or its console just stops, in the middle of a guest's
+# boot. That is this route's failure, not the command's: when L1 ends without the command's
+# status, it is booted once more (VFD_L1_RETRIES), loudly. A status, success or not, is final.
+# No such hang is waited out to VFD_L1_TIMEOUT: L1 is stopped at once when its watchdog reports
+# a CPU stuck for VFD_L1_LOCKUP_SECS (60) seconds or more, or when the command has printed
+# nothing for VFD_L1_SILENCE_SECS (240) seconds. L1 prints a heartbeat every 20 s (kept out of
+# the output), so the line that stops it says whether L1 itself was still running. The commands
+# run here print at every step, a guest's boot included, and their longest silence is printed
+# for each boot of L1, so that this bound can be checked against the runs.
 attempts=$((1 + ${VFD_L1_RETRIES:-1}))
 lockup_secs=${VFD_L1_LOCKUP_SECS:-60}
 silence_secs=${VFD_L1_SILENCE_SECS:-240}
-# watch_l1 LOG PIDFILE: stops the QEMU of PIDFILE once LOG reports a lockup that long, or stays
-# the same size that long; keeps the longest silence seen in $work/silence.
+# watch_l1 LOG PIDFILE: stops the QEMU of PIDFILE once LOG reports a lockup that long, or has
+# had nothing but heartbeats that long; keeps the longest silence seen in $work/silence.
 watch_l1() {
-    local log=$1 pidfile=$2 stuck size last_size=-1 quiet=0 longest=0
+    local log=$1 pidfile=$2 stuck size last_size=-1 quiet=0 longest=0 beats last_beats=0 since=0
     while sleep 5; do
         stuck=$(grep -ao 'soft lockup - CPU#[0-9]* stuck for [0-9]*s' "$log" 2>/dev/null |
             sed 's/.* \([0-9]*\)s$/\1/' | sort -n | tail -n1) || true
-        size=$(stat -c %s "$log" 2>/dev/null || echo 0)
+        size=$(grep -av 'with-kvm: L1 alive' "$log" 2>/dev/null | wc -c) || true
+        beats=$(grep -ac 'with-kvm: L1 alive' "$log" 2>/dev/null) || true
         if [ "$size" = "$last_size" ]; then
             quiet=$((quiet + 5))
         else
             quiet=0
             last_size=$size
         fi
+        if [ "${beats:-0}" = "$last_beats" ]; then
+            since=$((since + 5))
+        else
+            since=0
+            last_beats=$beats
+        fi
         [ "$quiet" -gt "$longest" ] && longest=$quiet && echo "$longest" >"$work/silence"
         [ -s "$pidfile" ] || continue
         if [ "${stuck:-0}" -ge "$lockup_secs" ]; then
             echo "with-kvm: L1 reports a CPU stuck for ${stuck}s: stopping it" >&2
         elif [ "$quiet" -ge "$silence_secs" ]; then
-            echo "with-kvm: L1's console has been silent for ${quiet}s: stopping it" >&2
+            if [ "$last_beats" -gt 0 ] && [ "$since" -lt 60 ]; then
+                echo "with-kvm: the command has printed nothing for ${quiet}s, though L1 is alive (its heartbeat ${since}s ago): stopping it" >&2
+            else
+                echo "with-kvm: L1 has printed nothing for ${quiet}s, its heartbeat included: stopping it" >&2
+            fi
         else
             continue
         fi
@@ -238,7 +254,8 @@ for attempt in $(seq "$attempts"); do
         -kernel "$vmlinuz" -initrd "$work/l1.img" -append "console=ttyS0 panic=-1 quiet" \
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
         -virtfs "local,path=$cwd,mount_tag=work,security_model=none,multidevs=remap" \
-        </dev/null 2>&1 | tee "$log" | sed -u -n '/with-kvm: exit [0-9]/!p' || status=$?
+        </dev/null 2>&1 | tee "$log" | sed -u -e '/with-kvm: exit [0-9]/d' -e '/with-kvm: L1 alive/d' ||
+        status=$?
     kill "$watcher" 2>/dev/null || true
     wait "$watcher" 2>/dev/null || true
     echo "with-kvm: L1 ran $(($(date +%s) - began))s (attempt $attempt of $attempts), its console's longest silence $(cat "$work/silence" 2>/dev/null || echo 0)s" >&2
@@ -246,6 +263,6 @@ for attempt in $(seq "$attempts"); do
     code=$(sed -n 's/.*with-kvm: exit \([0-9][0-9]*\).*/\1/p' "$log" | tail -n1 | tr -d '\r')
     [ -n "$code" ] && exit "$code"
     echo "with-kvm: L1 ended without the command's status (attempt $attempt of $attempts, qemu/timeout status $status); its console:" >&2
-    grep -a -v '^$' "$log" | tail -n 20 >&2
+    grep -a -v -e '^$' -e 'with-kvm: L1 alive' "$log" | tail -n 20 >&2
 done
 exit 1
