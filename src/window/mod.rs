@@ -557,10 +557,17 @@ impl DaxWindow {
             return Err(Error::Poisoned);
         }
         let mut after = inner.table.len() as isize;
+        // Bit `i`: entry `i` (of the first 64) lands on free pages, and no later entry may
+        // overlap it, so it is recorded the short way.
+        let mut free_entries = 0u64;
         for (i, e) in entries.iter().enumerate() {
             self.check(e.offset, e.len, Some(e.fd_offset))?;
             let busy = || self.range_error(e.offset, e.len, e.fd_offset, RangeError::Busy);
-            if policy.overlap != OverlapPolicy::Replace {
+            // Under `Replace` anything may be replaced; the others check, and the common case,
+            // nothing there, needs only the one look.
+            let free =
+                policy.overlap != OverlapPolicy::Replace && inner.table.is_free(e.offset, e.len);
+            if policy.overlap != OverlapPolicy::Replace && !free {
                 inner
                     .table
                     .check_map(e.offset, e.len, policy.overlap)
@@ -574,11 +581,14 @@ impl DaxWindow {
             if overlaps_earlier && policy.overlap != OverlapPolicy::Replace {
                 return Err(busy());
             }
+            if free && i < 64 {
+                free_entries |= 1 << i;
+            }
             after += match policy.overlap {
                 // `check_map` let it through: nothing overlaps ...
                 OverlapPolicy::Reject => 1,
                 // ... or exactly one mapping is replaced.
-                OverlapPolicy::ReplaceExact => isize::from(!inner.table.is_exact(e.offset, e.len)),
+                OverlapPolicy::ReplaceExact => isize::from(free),
                 OverlapPolicy::Replace => {
                     1 + inner.table.remove_delta(e.offset, e.len) + isize::from(overlaps_earlier)
                 }
@@ -628,7 +638,11 @@ impl DaxWindow {
                     source,
                 });
             }
-            inner.table.insert(e.offset, e.len, e.access);
+            if done < 64 && free_entries >> done & 1 != 0 {
+                inner.table.insert_free(e.offset, e.len, e.access);
+            } else {
+                inner.table.insert(e.offset, e.len, e.access);
+            }
         }
         FsMetrics::add(&self.metrics.maps, entries.len() as u64);
         self.update_gauges(&inner);
