@@ -93,17 +93,17 @@ step "real guest: dax-vmm boots Linux, which mounts with dax=always (KVM directl
     cargo build --release --locked)
 (cd vmm/guest-tool && cargo fmt -- --check &&
     cargo clippy --release --locked -- "${CLIPPY_FLAGS[@]}" && cargo build --release --locked)
-# Where the route is nested, each line below is one boot of L1 of its own, so that a rare lockup
-# of L1 (scripts/with-kvm.sh: stopped within a minute of its watchdog's report or four minutes of
-# silence, then booted again, twice at most) costs a rerun of two or three guest runs, not of
-# all of them. A boot of L1 itself takes about 17 s here.
+# Where the route is nested, each l1 line below is one boot of L1 of its own, so that a hang of
+# the nested route (scripts/with-kvm.sh: stopped within a minute of a reported lockup or four
+# minutes without a line, then booted again, twice at most) costs a rerun of two or three guest
+# runs, not of all of them. A boot of L1 itself takes about 17 s here.
 # l1 TIMEOUT COMMAND: COMMAND (a shell line) where /dev/kvm can boot Linux, L1 bounded by TIMEOUT
 # seconds per boot.
 l1() { VFD_L1_RETRIES=${VFD_L1_RETRIES:-2} VFD_L1_TIMEOUT=$1 bash scripts/with-kvm.sh bash -c "$2"; }
 # virtio-mmio: the KVM check, a plain boot, and the DAX mount against the dax-backend process in
 # both dialects (each with a reboot; the standard one also with the backend killed and
-# restarted), against virtiofsd-dax (reboot, killed and restarted), then against stock
-# virtiofsd (no window: the fallback).
+# restarted), against virtiofsd-dax (reboot, killed and restarted), then (with the first
+# virtio-pci run) against stock virtiofsd (no window: the fallback).
 l1 600 'python3 scripts/kvm-check.py && bash vmm/scripts/boot-smoke.sh &&
     VFD_KILL=1 bash vmm/scripts/dax-smoke.sh'
 l1 600 'VFD_DIALECT=legacy bash vmm/scripts/dax-smoke.sh &&
