@@ -169,7 +169,7 @@ use crate::protocol::{
 };
 use crate::window::{self, Policy, WindowLease};
 use builder::ThreadConfig;
-use reader::{Message, Reader, Wait};
+use reader::{Reader, Wait};
 
 /// Shared memory region id of the virtio-fs cache window (`VIRTIO_FS_SHMCAP_ID_CACHE`).
 pub const SHMID_CACHE: u8 = 0;
@@ -313,7 +313,13 @@ impl BackendChannel {
                 if msg.fds.lost() {
                     return Err(RequestError::FdsLost);
                 }
-                decode_body(self.dialect, &h, &msg.body, msg.fds.count()).map_err(Into::into)
+                decode_body(
+                    self.dialect,
+                    &h,
+                    self.reader.body(msg.body.clone()),
+                    msg.fds.count(),
+                )
+                .map_err(Into::into)
             })
             .and_then(|req| {
                 if matches!(req, Request::ShmemMap { .. } | Request::FsMap(_)) {
@@ -321,11 +327,8 @@ impl BackendChannel {
                 }
                 self.execute(req, msg.fds.first())
             });
-        // The body buffer goes back to the reader; descriptors are not needed past this point
-        // (a mapping keeps its file alive by itself).
-        let Message { body, fds, .. } = msg;
-        self.reader.body = body;
-        drop(fds);
+        // Descriptors are not needed past this point (a mapping keeps its file alive by itself).
+        drop(msg);
         let (value, payload) = match result {
             Ok(Reply::Value(v)) => (v as i64, None),
             Ok(Reply::Data(d)) => (0, Some(d)),

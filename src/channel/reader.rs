@@ -22,6 +22,7 @@
 use std::fs::File;
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -110,11 +111,12 @@ impl Fds {
     }
 }
 
-/// A received message: raw header, body (empty when it was oversized and drained), and the
-/// descriptors that came along.
+/// A received message: raw header, where its body lies in the reader's buffer (empty when it
+/// was oversized and drained), and the descriptors that came along.
 pub(super) struct Message {
     pub(super) raw: RawHeader,
-    pub(super) body: Vec<u8>,
+    /// `Reader::body(body)` gives the bytes until the next read.
+    pub(super) body: Range<usize>,
     pub(super) fds: Fds,
 }
 
@@ -147,8 +149,6 @@ pub(super) struct Reader {
     /// Descriptors of one read whose last byte lies at this stream position, beyond the first
     /// message's end (as far as that is known).
     later: Option<(u64, Fds)>,
-    /// The body buffer, lent to each [`Message`] and given back.
-    pub(super) body: Vec<u8>,
     /// `SO_RCVTIMEO` as last set on the socket.
     rcvtimeo: Option<Duration>,
 }
@@ -191,6 +191,11 @@ impl Reader {
                 size > MAX_BODY_SIZE || self.buffered() >= HEADER_SIZE + size
             }),
         }
+    }
+
+    /// The body of the message framed last (see [`Message::body`]).
+    pub(super) fn body(&self, body: Range<usize>) -> &[u8] {
+        self.buf.get(body).unwrap_or_default()
     }
 
     /// The header at `start`, when all of it is buffered.
@@ -247,10 +252,9 @@ impl Reader {
             }
             self.drain = None;
             let fds = self.take_fds(self.drain_end);
-            self.body.clear();
             return Some(Message {
                 raw,
-                body: std::mem::take(&mut self.body),
+                body: 0..0,
                 fds,
             });
         }
@@ -267,14 +271,12 @@ impl Reader {
             return None;
         }
         let body_at = self.start + HEADER_SIZE;
-        self.body.clear();
-        self.body
-            .extend_from_slice(&self.buf[body_at..body_at + size]);
+        // The bytes stay where they are until the next read: `consume` moves no bytes.
         self.consume(len);
         let fds = self.take_fds(self.pos);
         Some(Message {
             raw,
-            body: std::mem::take(&mut self.body),
+            body: body_at..body_at + size,
             fds,
         })
     }
