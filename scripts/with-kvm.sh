@@ -30,9 +30,9 @@
 # VFD_L1_CPUS (2), VFD_L1_TIMEOUT seconds per boot of L1 (900), VFD_L1_RETRIES (1: boots of L1
 # again when it ends without the command's status, see below), VFD_L1_LOCKUP_SECS (60: a soft
 # lockup that long in L1 stops it at once), VFD_L1_SILENCE_SECS (240: the command printing
-# nothing that long stops L1 too), VFD_L1_LOG (a log of L1's console; default a temporary file, printed when
-# L1 fails). Each boot of L1 ends with one line: how long it took and its console's longest
-# silence.
+# nothing that long stops L1 too), VFD_L1_LOG (a log of L1's console; default a temporary file,
+# printed when L1 fails). Each boot of L1 ends with one line: how long it took and the longest
+# the command went without a line.
 set -euo pipefail
 
 [ "${1:-}" = "--" ] && shift
