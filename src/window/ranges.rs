@@ -498,29 +498,14 @@ impl MappingTable {
         }
     }
 
-    /// Records a mapping, trimming or splitting whatever it covers.
+    /// Records a mapping, trimming or splitting whatever it covers: [`MappingTable::remove`],
+    /// then [`MappingTable::insert_free`].
     pub fn insert(&mut self, offset: u64, len: u64, access: Access) {
-        debug_assert!(len > 0);
-        let (first, end) = self.pages_of(offset, len);
-        let writable = match access {
-            Access::ReadWrite => u64::MAX,
-            Access::ReadOnly => 0,
-        };
-        let tail = self.cut(end);
-        // `update` passes the word of `first` first.
-        let mut start = 1 << (first % 64);
-        let (starts, pages) = self.forget(first, end, true, |bits, mask| {
-            bits.occupied |= mask;
-            bits.starts |= start;
-            bits.writable |= mask & writable;
-            start = 0;
-        });
-        self.len = self.len + usize::from(tail) + 1 - starts;
-        self.bytes = self.bytes - (pages << self.page_shift) + len;
+        self.remove(offset, len);
+        self.insert_free(offset, len, access);
     }
 
-    /// Records a mapping over a range that must be free (as [`MappingTable::is_free`] says):
-    /// what [`MappingTable::insert`] does then, without looking for what it would replace.
+    /// Records a mapping over a range that must be free (as [`MappingTable::is_free`] says).
     pub fn insert_free(&mut self, offset: u64, len: u64, access: Access) {
         debug_assert!(len > 0 && self.is_free(offset, len));
         let (first, end) = self.pages_of(offset, len);
@@ -528,6 +513,7 @@ impl MappingTable {
             Access::ReadWrite => u64::MAX,
             Access::ReadOnly => 0,
         };
+        // `update` passes the word of `first` first.
         let mut start = 1 << (first % 64);
         self.update(first, end, true, |bits, mask| {
             bits.occupied |= mask;
@@ -543,7 +529,7 @@ impl MappingTable {
     pub fn remove(&mut self, offset: u64, len: u64) {
         let (first, end) = self.pages_of(offset, len);
         let tail = self.cut(end);
-        let (starts, pages) = self.forget(first, end, false, |_, _| {});
+        let (starts, pages) = self.forget(first, end);
         self.len = self.len + usize::from(tail) - starts;
         self.bytes -= pages << self.page_shift;
     }
@@ -577,23 +563,16 @@ impl MappingTable {
         cut
     }
 
-    /// Clears the bits of pages `[first, end)`, then calls `then` on each word as `update`
-    /// does; returns how many mappings began there and how many pages were mapped.
-    fn forget(
-        &mut self,
-        first: u64,
-        end: u64,
-        alloc: bool,
-        mut then: impl FnMut(&mut Bits, u64),
-    ) -> (usize, u64) {
+    /// Clears the bits of pages `[first, end)`; returns how many mappings began there and how
+    /// many pages were mapped.
+    fn forget(&mut self, first: u64, end: u64) -> (usize, u64) {
         let (mut starts, mut pages) = (0, 0);
-        self.update(first, end, alloc, |bits, mask| {
+        self.update(first, end, false, |bits, mask| {
             starts += ones(bits.starts & mask) as usize;
             pages += u64::from(ones(bits.occupied & mask));
             bits.occupied &= !mask;
             bits.starts &= !mask;
             bits.writable &= !mask;
-            then(bits, mask);
         });
         (starts, pages)
     }
