@@ -230,13 +230,16 @@ impl Reader {
     /// The descriptors of the message that ends at stream position `end`: the first message's,
     /// and those of a later read whose last byte lies before `end`.
     fn take_fds(&mut self, end: u64) -> Fds {
-        let mut fds = std::mem::take(&mut self.first);
-        if self.later.as_ref().is_some_and(|(at, _)| *at < end) {
-            if let Some((_, later)) = self.later.take() {
+        match self.later.take_if(|(at, _)| *at < end) {
+            // The common case, a message read whole with its descriptors: nothing to merge.
+            Some((_, later)) if self.first.is_empty() => later,
+            Some((_, later)) => {
+                let mut fds = std::mem::take(&mut self.first);
                 fds.merge(later);
+                fds
             }
+            None => std::mem::take(&mut self.first),
         }
-        fds
     }
 
     /// Frames the next message out of the buffer, if it is there. Bytes of a drained body are
@@ -340,6 +343,9 @@ impl BackendChannel {
                             }
                         }
                     }
+                    // Drained to the end just above, the buffer holds no descriptor; its `Drop`
+                    // would only walk it again. It borrows `space` and owns nothing.
+                    std::mem::forget(control);
                     if msg.flags.contains(ReturnFlags::CTRUNC) {
                         fds.lose();
                     }
