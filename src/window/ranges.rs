@@ -152,6 +152,15 @@ struct Bits {
     writable: u64,
 }
 
+impl Bits {
+    /// Forgets the pages of `mask`.
+    fn clear(&mut self, mask: u64) {
+        self.occupied &= !mask;
+        self.starts &= !mask;
+        self.writable &= !mask;
+    }
+}
+
 /// Number of ones in `x`. Without a `popcnt` instruction in the target a count takes a dozen
 /// instructions; the words of a table are mostly empty or full, and those need none.
 fn ones(x: u64) -> u32 {
@@ -566,11 +575,7 @@ impl MappingTable {
             "{offset:#x}+{len:#x} is not one mapping"
         );
         let (first, end) = self.pages_of(offset, len);
-        self.update(first, end, false, |bits, mask| {
-            bits.occupied &= !mask;
-            bits.starts &= !mask;
-            bits.writable &= !mask;
-        });
+        self.update(first, end, false, |bits, mask| bits.clear(mask));
         self.len -= 1;
         self.bytes -= (end - first) << self.page_shift;
     }
@@ -593,9 +598,7 @@ impl MappingTable {
         self.update(first, end, false, |bits, mask| {
             starts += ones(bits.starts & mask) as usize;
             pages += u64::from(ones(bits.occupied & mask));
-            bits.occupied &= !mask;
-            bits.starts &= !mask;
-            bits.writable &= !mask;
+            bits.clear(mask);
         });
         (starts, pages)
     }
