@@ -862,10 +862,9 @@ fn fd_offset_beyond_off_t_is_refused_before_mmap() {
 }
 
 /// A peer that sends a message one byte at a time, each byte with 200 descriptors, used to make
-/// the channel hold thousands of them until the message was complete. Now only a few are kept
-/// per message and the rest are closed as they arrive.
+/// the channel hold thousands of them until the message was complete. Now one is kept per
+/// message and the rest are closed as they arrive.
 #[test]
-
 fn descriptors_spread_over_parts_of_one_message_are_capped() {
     let _g = serial();
     let f = Fixture::new(Dialect::Standard);

@@ -36,22 +36,19 @@ use crate::protocol::{RawHeader, HEADER_SIZE, MAX_BODY_SIZE, MAX_FDS};
 /// Most bytes of an oversized body drained in one [`BackendChannel::handle_one`] call.
 pub const DRAIN_BUDGET: usize = 256 << 10;
 
-/// Most descriptors kept for one message; no request needs more than one. Further ones are
-/// closed as they arrive and only counted, so a peer that spreads a message over many parts,
-/// each with descriptors, cannot make the channel hold more than this.
-const KEPT_FDS: usize = 4;
-
 /// Size of the reader's buffer: room for a few of the largest messages a request can be, so that
 /// one read takes in every message a backend has queued in the common case.
 const BUF_SIZE: usize = 4 * (HEADER_SIZE + MAX_BODY_SIZE);
 
-/// The descriptors received with one message: the first [`KEPT_FDS`] owned, the rest counted.
-/// Held inline: a message's descriptors cost no allocation.
+/// The descriptors received with one message: the first owned, the rest counted. No request
+/// takes more than one; further ones are closed as they arrive and only counted, so a peer that
+/// spreads a message over many parts, each with descriptors, cannot make the channel hold more
+/// than one a message. Held inline: a message's descriptors cost no allocation.
 #[derive(Default)]
 pub(super) struct Fds {
-    /// `kept[..n]` are the descriptors kept, in the order they came.
-    kept: [Option<File>; KEPT_FDS],
-    n: usize,
+    /// The first descriptor that came, unless they were lost.
+    kept: Option<File>,
+    /// Descriptors closed on arrival: every one after the first, and all of a lost message's.
     dropped: usize,
     /// The kernel dropped some of the message's descriptors (`MSG_CTRUNC`): the message is
     /// refused, and whatever descriptors did come are closed as they arrive.
@@ -60,25 +57,23 @@ pub(super) struct Fds {
 
 impl Fds {
     fn take(&mut self, file: File) {
-        match self.kept.get_mut(self.n) {
-            Some(slot) if !self.lost => {
-                *slot = Some(file);
-                self.n += 1;
-            }
-            _ => self.dropped += 1,
+        if self.kept.is_none() && !self.lost {
+            self.kept = Some(file);
+        } else {
+            self.dropped += 1;
         }
     }
 
-    /// Marks the message's descriptors lost and closes the ones kept so far.
+    /// Marks the message's descriptors lost and closes the one kept so far.
     fn lose(&mut self) {
         self.lost = true;
-        self.dropped += self.n;
-        self.kept = Default::default();
-        self.n = 0;
+        if self.kept.take().is_some() {
+            self.dropped += 1;
+        }
     }
 
     /// Adds `other`'s descriptors to these, under the same bound.
-    fn merge(&mut self, mut other: Fds) {
+    fn merge(&mut self, other: Fds) {
         if self.is_empty() {
             *self = other;
             return;
@@ -87,18 +82,18 @@ impl Fds {
             self.lose();
         }
         self.dropped += other.dropped;
-        for f in other.kept.iter_mut().filter_map(Option::take) {
+        if let Some(f) = other.kept {
             self.take(f);
         }
     }
 
-    /// The first descriptor kept, if any.
+    /// The descriptor kept, if any.
     pub(super) fn first(&self) -> Option<&File> {
-        self.kept[0].as_ref()
+        self.kept.as_ref()
     }
 
     pub(super) fn count(&self) -> usize {
-        self.n + self.dropped
+        usize::from(self.kept.is_some()) + self.dropped
     }
 
     fn is_empty(&self) -> bool {
