@@ -225,16 +225,11 @@ impl Reader {
     /// The descriptors of the message that ends at stream position `end`: the first message's,
     /// and those of a later read whose last byte lies before `end`.
     fn take_fds(&mut self, end: u64) -> Fds {
-        match self.later.take_if(|(at, _)| *at < end) {
-            // The common case, a message read whole with its descriptors: nothing to merge.
-            Some((_, later)) if self.first.is_empty() => later,
-            Some((_, later)) => {
-                let mut fds = std::mem::take(&mut self.first);
-                fds.merge(later);
-                fds
-            }
-            None => std::mem::take(&mut self.first),
+        let mut fds = std::mem::take(&mut self.first);
+        if let Some((_, later)) = self.later.take_if(|(at, _)| *at < end) {
+            fds.merge(later);
         }
+        fds
     }
 
     /// Frames the next message out of the buffer, if it is there. Bytes of a drained body are
