@@ -449,33 +449,14 @@ impl MappingTable {
         if first >= end {
             return false;
         }
-        let (head, last, head_mask, last_mask) = span(first, end);
-        let at_first = 1 << (first % 64);
-        // Mapped throughout, a mapping begins at `first` and none after it.
-        let exact = |bits: &Bits, mask: u64, starts: u64| {
-            (bits.occupied & mask == mask) & (bits.starts & mask == starts)
-        };
-        // Most ranges lie in one allocated chunk: the first word, the last, and between them
-        // whole words folded together.
-        let one = match self.run(head, last) {
-            Some([one]) => exact(one, head_mask & last_mask, at_first),
-            Some([h, mid @ .., l]) => {
-                let (occupied, starts) = mid
-                    .iter()
-                    .fold((u64::MAX, 0), |(o, s), b| (o & b.occupied, s | b.starts));
-                exact(h, head_mask, at_first)
-                    & (occupied == u64::MAX && starts == 0)
-                    & exact(l, last_mask, 0)
-            }
-            _ => {
-                let mut at_first = at_first;
-                self.scan(first, end, |_, bits, mask| {
-                    let one = exact(&bits, mask, at_first);
-                    at_first = 0;
-                    one
-                })
-            }
-        };
+        // Mapped throughout, a mapping begins at `first` and none after it (`scan` passes the
+        // word of `first` first).
+        let mut starts = 1 << (first % 64);
+        let one = self.scan(first, end, |_, bits, mask| {
+            let exact = bits.occupied & mask == mask && bits.starts & mask == starts;
+            starts = 0;
+            exact
+        });
         one && !self.continued(end)
     }
 
