@@ -17,7 +17,8 @@ if ! command -v valgrind >/dev/null; then
     echo "valgrind is required: apt-get install valgrind" >&2
     exit 1
 fi
-[ $# -gt 0 ] || set -- spawn_2m handle_one_2m floor_epoll_2m floor_2m vhost_epoll_2m vhost_blocking_2m
+[ $# -gt 0 ] || set -- spawn_2m handle_one_2m floor_epoll_2m floor_2m vhost_epoll_2m vhost_blocking_2m \
+    lean_epoll_2m lean_2m
 bin=$(cargo bench --bench main --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
 [ -x "$bin" ] || { echo "bench binary not found" >&2; exit 1; }
 out=$(mktemp -d)

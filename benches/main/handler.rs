@@ -10,10 +10,11 @@
 //! handler's socket and a stop eventfd, one `handle_request()` a wakeup), `vhost_blocking` (a
 //! plain thread looping on the blocking `handle_request()`), `floor` and `floor_epoll` (the raw
 //! server, one `recvmsg` a message, without and with an `epoll_wait` before each message: the
-//! floors of the plain-thread and the epoll drive). Cases: `2m` and `4k` (one
-//! map+unmap pair at offset 0 of a 16 MiB window) and `2m_live_32k` (the pair on the last 2 MiB
-//! of a 64 GiB window whose other 32,767 ranges are mapped). Every side of a case gets the same
-//! bytes and a window of the same size.
+//! floors of the plain-thread and the epoll drive), `lean` and `lean_epoll` (those floors with
+//! the crate's checks on the two requests in the least code, [`crate::lean`]). Cases: `2m` and
+//! `4k` (one map+unmap pair at offset 0 of a 16 MiB window) and `2m_live_32k` (the pair on the
+//! last 2 MiB of a 64 GiB window whose other 32,767 ranges are mapped). Every side of a case gets
+//! the same bytes and a window of the same size.
 //!
 //! Two windows of 32,768 VMAs each do not fit one process under the default
 //! `vm.max_map_count` (65,530), so every server of the 32k case runs in a process of its own:
@@ -49,10 +50,11 @@ use virtio_fs_dax::BackendChannel;
 
 use crate::common::{memfd, mmap_msg};
 use crate::floor::RawReservation;
+use crate::lean::Lean;
 use crate::map::{fill_window, full_window};
 use crate::paired::{paired, timed, Goal, Side};
 use crate::placement::Placement;
-use crate::server::{call, serve_channel, serve_raw_into, Drive, Served, Server};
+use crate::server::{call, serve_channel, serve_lean_into, serve_raw_into, Drive, Served, Server};
 use crate::{G64, LIVE, M2, SOCKET_WINDOW};
 
 /// Runs the server of a side in this process for a parent bench process.
@@ -190,16 +192,20 @@ enum Kind {
     VhostBlocking,
     Floor,
     FloorEpoll,
+    Lean,
+    LeanEpoll,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 8] = [
         Kind::Spawn,
         Kind::HandleOne,
         Kind::VhostEpoll,
         Kind::VhostBlocking,
         Kind::Floor,
         Kind::FloorEpoll,
+        Kind::Lean,
+        Kind::LeanEpoll,
     ];
 
     fn name(self) -> &'static str {
@@ -210,6 +216,8 @@ impl Kind {
             Kind::VhostBlocking => "vhost_blocking",
             Kind::Floor => "floor",
             Kind::FloorEpoll => "floor_epoll",
+            Kind::Lean => "lean",
+            Kind::LeanEpoll => "lean_epoll",
         }
     }
 }
@@ -304,6 +312,14 @@ fn serve_here(place: &Placement, kind: Kind, case: Case) -> Served {
             let reservation = RawReservation::new(case.window());
             reservation.range.fill(&filler, case.others());
             serve_raw_into(place, reservation, kind == Kind::FloorEpoll)
+        }
+        Kind::Lean | Kind::LeanEpoll => {
+            let reservation = RawReservation::new(case.window());
+            reservation.range.fill(&filler, case.others());
+            crate::lean::self_check();
+            let mut lean = Lean::new(case.window());
+            lean.fill(case.others());
+            serve_lean_into(place, reservation, lean, kind == Kind::LeanEpoll)
         }
     }
 }
@@ -414,15 +430,23 @@ pub fn handler(c: &mut Criterion) {
             s.bench(&mut g);
         }
         g.finish();
-        let [spawn, handle_one, vhost_epoll, vhost_blocking, floor, floor_epoll] = &mut sides;
+        let [spawn, handle_one, vhost_epoll, vhost_blocking, floor, floor_epoll, lean, lean_epoll] =
+            &mut sides;
         let (better, near_floor) = (Goal::TimeAtMost(0.90), Goal::TimeAtMost(1.05));
-        // Each drive against the handler driven the same way, and against the raw server that
-        // waits the same way.
+        // Each drive against the handler driven the same way, against the raw server that
+        // waits the same way, and against the lean checker (that server with the crate's checks).
         paired("handler", spawn, vhost_epoll, ROUNDS, better);
         paired("handler", spawn, floor_epoll, ROUNDS, near_floor);
         paired("handler", vhost_epoll, floor_epoll, ROUNDS, Goal::Report);
-        paired("handler", handle_one, vhost_blocking, ROUNDS, better);
+        paired("handler", lean_epoll, vhost_epoll, ROUNDS, Goal::Report);
+        paired("handler", spawn, lean_epoll, ROUNDS, Goal::Report);
+        // On a plain thread the handler is only 11-14% above the floor (medians): no server is
+        // 0.90 of it in every case, hardly the floor (docs/BENCHMARKS.md, section 9). The target there is
+        // the lean checker, the least any server making the crate's checks costs.
+        paired("handler", handle_one, vhost_blocking, ROUNDS, Goal::Report);
         paired("handler", handle_one, floor, ROUNDS, near_floor);
         paired("handler", vhost_blocking, floor, ROUNDS, Goal::Report);
+        paired("handler", lean, vhost_blocking, ROUNDS, Goal::Report);
+        paired("handler", handle_one, lean, ROUNDS, Goal::TimeAtMost(1.03));
     }
 }

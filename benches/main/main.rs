@@ -22,7 +22,8 @@
 //! - `reset/*`: `unmap_all` of a full 64 GiB window (32,768 live mappings) against the raw
 //!   `PROT_NONE` re-map of a reservation holding as many VMAs. Only the reset is timed.
 //! - `handler/*`: map + unmap through `BackendChannel` against vhost's own `FrontendReqHandler`
-//!   with a minimal mmap handler (what a VMM writes without the crate) and the raw server, each
+//!   with a minimal mmap handler (what a VMM writes without the crate), the raw server and the
+//!   lean checker (the raw server with the crate's checks in the least code), each
 //!   crate drive (`spawn()`, a plain thread on `handle_one_timeout`) against the handler driven
 //!   the same way (an epoll thread, a plain thread on blocking reads): 2 MiB and 4 KiB pairs, and
 //!   2 MiB with 32,768 live mappings (each server in a child process: two such windows exceed
@@ -50,6 +51,7 @@ mod dialect;
 mod floor;
 mod handler;
 mod io;
+mod lean;
 mod map;
 mod paired;
 mod placement;

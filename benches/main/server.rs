@@ -20,6 +20,7 @@ use virtio_fs_dax::protocol::{FsBackendMsg, VhostUserMMap, FLAG_REPLY, HEADER_SI
 use virtio_fs_dax::BackendChannel;
 
 use crate::floor::{pread_all, AnonBuf, RawReservation};
+use crate::lean::Lean;
 use crate::placement::Placement;
 
 /// Sends one message (with `fd` attached) and returns the reply's value.
@@ -134,7 +135,7 @@ pub fn serve_raw_with(place: &Placement, op: RawOp, wait_first: bool) -> Served 
         RawOp::Map { window } => Some(RawReservation::new(window)),
         RawOp::Pread { .. } => None,
     };
-    spawn_raw(place, op, reservation, wait_first)
+    spawn_raw(place, op, reservation, None, wait_first)
 }
 
 /// As [`serve_raw_with`] of [`RawOp::Map`], into a reservation the caller made (and filled).
@@ -142,19 +143,33 @@ pub fn serve_raw_into(place: &Placement, reservation: RawReservation, wait_first
     let op = RawOp::Map {
         window: reservation.range.size(),
     };
-    spawn_raw(place, op, Some(reservation), wait_first)
+    spawn_raw(place, op, Some(reservation), None, wait_first)
+}
+
+/// As [`serve_raw_into`], the requests checked first by `lean` (see [`crate::lean`]).
+pub fn serve_lean_into(
+    place: &Placement,
+    reservation: RawReservation,
+    lean: Lean,
+    wait_first: bool,
+) -> Served {
+    let op = RawOp::Map {
+        window: reservation.range.size(),
+    };
+    spawn_raw(place, op, Some(reservation), Some(lean), wait_first)
 }
 
 fn spawn_raw(
     place: &Placement,
     op: RawOp,
     reservation: Option<RawReservation>,
+    lean: Option<Lean>,
     wait_first: bool,
 ) -> Served {
     let (ours, peer) = UnixStream::pair().unwrap();
     let server = place.server(|| {
         Server::Thread(thread::spawn(move || {
-            raw_server(ours, op, reservation, wait_first)
+            raw_server(ours, op, reservation, lean, wait_first)
         }))
     });
     Served::new(peer, server)
@@ -213,8 +228,14 @@ pub fn raw_recv(
 /// The floor of the channel: a message read as the channel reads it (one `recvmsg` takes header
 /// and body), no decoding, no checks, no table; the mmap (or pread), then a 20-byte reply. With
 /// `wait_first`, an `epoll_wait` for readiness before each message, as the channel's own thread
-/// makes.
-fn raw_server(sock: UnixStream, op: RawOp, reservation: Option<RawReservation>, wait_first: bool) {
+/// makes. With `lean`, SHMEM_MAP and SHMEM_UNMAP are checked by it first (the `lean` sides).
+fn raw_server(
+    sock: UnixStream,
+    op: RawOp,
+    reservation: Option<RawReservation>,
+    lean: Option<Lean>,
+    wait_first: bool,
+) {
     let fd = sock.as_raw_fd();
     let epoll = Epoll::new().unwrap();
     epoll
@@ -241,18 +262,22 @@ fn raw_server(sock: UnixStream, op: RawOp, reservation: Option<RawReservation>, 
         }
         let (hdr, body) = msg.split_at(HEADER_SIZE);
         let code = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
-        let value = match (op, &reservation, &file) {
-            (RawOp::Map { .. }, Some(r), Some(f)) => {
+        let value = match (op, &reservation, &file, &lean) {
+            (RawOp::Map { .. }, Some(r), f, Some(lean)) => {
+                let fd = f.as_ref().map(|f| f.as_raw_fd());
+                lean.handle(&r.range, &msg, got.max(end), fd) as u64
+            }
+            (RawOp::Map { .. }, Some(r), Some(f), None) => {
                 let m = VhostUserMMap::from_slice(&body[..size_of::<VhostUserMMap>()]).unwrap();
                 r.range.map(m.shm_offset, m.len, f.as_raw_fd(), m.fd_offset);
                 0
             }
-            (RawOp::Map { .. }, Some(r), None) => {
+            (RawOp::Map { .. }, Some(r), None, None) => {
                 let m = VhostUserMMap::from_slice(&body[..size_of::<VhostUserMMap>()]).unwrap();
                 r.range.clear(m.shm_offset, m.len);
                 0
             }
-            (RawOp::Pread { .. }, _, Some(f)) => {
+            (RawOp::Pread { .. }, _, Some(f), _) => {
                 let m = FsBackendMsg::from_slice(body).unwrap();
                 let (len, at) = (m.len[0] as usize, m.fd_offset[0]);
                 let buf = buf.as_mut().unwrap().as_mut();
