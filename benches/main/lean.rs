@@ -28,7 +28,8 @@ const PAGE_SHIFT: u32 = 12;
 const PAGE_MASK: u64 = (1 << PAGE_SHIFT) - 1;
 /// Header flags a request may carry: the version and NEED_REPLY.
 const FLAGS_ALLOWED: u32 = 0x3 | 0x8;
-/// Live mappings allowed at once, as the crate bounds them (under `vm.max_map_count`).
+/// Live mappings allowed at once: a bound as the crate keeps one (its own is set per window),
+/// with room for the 32k case.
 const MAX_LIVE: usize = 65_000;
 const EINVAL: i64 = -(libc::EINVAL as i64);
 
@@ -174,8 +175,11 @@ impl Lean {
         }
         let (first, n) = (offset >> PAGE_SHIFT, len >> PAGE_SHIFT);
         if map {
-            if !table.is_free(first, n) || table.live >= MAX_LIVE {
+            if !table.is_free(first, n) {
                 return -(libc::EBUSY as i64);
+            }
+            if table.live >= MAX_LIVE {
+                return -(libc::ENOSPC as i64);
             }
             let prot = if m.flags & MMAP_FLAG_WRITABLE != 0 {
                 libc::PROT_READ | libc::PROT_WRITE
