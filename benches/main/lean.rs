@@ -18,7 +18,10 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use virtio_fs_dax::protocol::{standard, VhostUserMMap, HEADER_SIZE, MMAP_FLAG_WRITABLE, VERSION};
+use virtio_fs_dax::protocol::{
+    standard, VhostUserMMap, FLAG_NEED_REPLY, HEADER_SIZE, MMAP_FLAG_WRITABLE, VERSION,
+    VERSION_MASK,
+};
 use vm_memory::ByteValued;
 
 use crate::floor::RawRange;
@@ -27,7 +30,7 @@ use crate::M2;
 const PAGE_SHIFT: u32 = 12;
 const PAGE_MASK: u64 = (1 << PAGE_SHIFT) - 1;
 /// Header flags a request may carry: the version and NEED_REPLY.
-const FLAGS_ALLOWED: u32 = 0x3 | 0x8;
+const FLAGS_ALLOWED: u32 = VERSION_MASK | FLAG_NEED_REPLY;
 /// Live mappings allowed at once: a bound as the crate keeps one (its own is set per window),
 /// with room for the 32k case.
 const MAX_LIVE: usize = 65_000;
@@ -148,7 +151,7 @@ impl Lean {
         let (code, flags, size) = (word(0), word(4), word(8) as usize);
         let map = code == standard::SHMEM_MAP;
         if !(map || code == standard::SHMEM_UNMAP)
-            || flags & 0x3 != VERSION
+            || flags & VERSION_MASK != VERSION
             || flags & !FLAGS_ALLOWED != 0
             || size != size_of::<VhostUserMMap>()
             || got != HEADER_SIZE + size

@@ -138,25 +138,18 @@ pub fn serve_raw_with(place: &Placement, op: RawOp, wait_first: bool) -> Served 
     spawn_raw(place, op, reservation, None, wait_first)
 }
 
-/// As [`serve_raw_with`] of [`RawOp::Map`], into a reservation the caller made (and filled).
-pub fn serve_raw_into(place: &Placement, reservation: RawReservation, wait_first: bool) -> Served {
-    let op = RawOp::Map {
-        window: reservation.range.size(),
-    };
-    spawn_raw(place, op, Some(reservation), None, wait_first)
-}
-
-/// As [`serve_raw_into`], the requests checked first by `lean` (see [`crate::lean`]).
-pub fn serve_lean_into(
+/// As [`serve_raw_with`] of [`RawOp::Map`], into a reservation the caller made (and filled);
+/// with `lean`, the requests are checked by it first (see [`crate::lean`]).
+pub fn serve_raw_into(
     place: &Placement,
     reservation: RawReservation,
-    lean: Lean,
+    lean: Option<Lean>,
     wait_first: bool,
 ) -> Served {
     let op = RawOp::Map {
         window: reservation.range.size(),
     };
-    spawn_raw(place, op, Some(reservation), Some(lean), wait_first)
+    spawn_raw(place, op, Some(reservation), lean, wait_first)
 }
 
 fn spawn_raw(
