@@ -7,6 +7,7 @@ use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -88,6 +89,7 @@ impl BackendChannel {
                 ..PauseState::default()
             }),
             cv: Condvar::new(),
+            attention: AtomicBool::new(self.thread.paused),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::Thread)?,
         });
         for (fd, data) in [
@@ -220,6 +222,9 @@ struct PauseState {
 struct Control {
     state: Mutex<PauseState>,
     cv: Condvar,
+    /// `wanted || stopping`, stored under `state`'s lock each time either changes: the thread
+    /// reads it between two messages and takes the lock only when it is set.
+    attention: AtomicBool,
     /// Wakes the thread out of `epoll_wait` to look at `state`.
     wake: EventFd,
 }
@@ -229,9 +234,21 @@ impl Control {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Publishes `s.wanted || s.stopping` to the thread. Called under the lock, after changing
+    /// either.
+    fn update(&self, s: &PauseState) {
+        self.attention
+            .store(s.wanted || s.stopping, Ordering::Release);
+    }
+
     /// On the thread, between two messages: parks while a pause is wanted. Returns whether the
-    /// thread is to stop.
+    /// thread is to stop. Without a pause or a stop asked for, it takes no lock: a pause or stop
+    /// asked for meanwhile is seen at the next message, or sooner through the eventfd that wakes
+    /// `epoll_wait`, as it would be with the lock.
     fn park(&self) -> bool {
+        if !self.attention.load(Ordering::Acquire) {
+            return false;
+        }
         let mut s = self.lock();
         if s.wanted && !s.stopping {
             s.parked = true;
@@ -287,6 +304,7 @@ impl ChannelThread {
         let deadline = Instant::now() + timeout;
         let mut s = self.control.lock();
         s.wanted = true;
+        self.control.update(&s);
         if !s.parked && !s.ended {
             // Wakes the thread out of epoll_wait; a thread inside a request parks when it
             // comes back to the loop. An eventfd write fails only if its counter would
@@ -297,6 +315,7 @@ impl ChannelThread {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 s.wanted = false;
+                self.control.update(&s);
                 drop(s);
                 log::warn!(
                     "{}: backend channel thread busy for {timeout:?}: not paused",
@@ -319,6 +338,7 @@ impl ChannelThread {
     pub fn resume(&self) {
         let mut s = self.control.lock();
         s.wanted = false;
+        self.control.update(&s);
         self.control.cv.notify_all();
     }
 
@@ -363,6 +383,7 @@ impl ChannelThread {
         {
             let mut s = self.control.lock();
             s.stopping = true;
+            self.control.update(&s);
             self.control.cv.notify_all();
         }
         let _ = self.stop.write(1);
