@@ -276,10 +276,18 @@ impl BackendChannel {
     fn handle_with(&mut self, wait: Wait) -> Result<Option<Outcome>> {
         let res = self.handle_ready(wait);
         if let Err(e) = &res {
-            self.reader.abandon();
-            self.end_lease(e);
+            self.fail(e);
         }
         res
+    }
+
+    /// The channel is gone: what it received is given up, and the window lease ended.
+    // Error paths are kept out of line (`#[cold]`), here and below, so that the code every
+    // message runs lies in as few cache lines as it can.
+    #[cold]
+    fn fail(&mut self, e: &Error) {
+        self.reader.abandon();
+        self.end_lease(e);
     }
 
     fn end_lease(&self, e: &Error) {
@@ -332,19 +340,7 @@ impl BackendChannel {
         let (value, payload) = match result {
             Ok(Reply::Value(v)) => (v as i64, None),
             Ok(Reply::Data(d)) => (0, Some(d)),
-            Err(e) => {
-                let errno = e.errno();
-                let n = self.metrics.refuse(e.reason());
-                if n == 1 {
-                    log::warn!("{}: refused request {request}: {e} (-{errno}); later ones of this kind are logged at debug level", self.name);
-                } else {
-                    log::debug!(
-                        "{}: refused request {request}: {e} (-{errno}), {n} so far",
-                        self.name
-                    );
-                }
-                (-i64::from(errno), None)
-            }
+            Err(e) => (self.refuse(request, &e), None),
         };
         let replied = need_reply || payload.is_some();
         match payload {
@@ -361,6 +357,22 @@ impl BackendChannel {
             value,
             replied,
         }))
+    }
+
+    /// Counts and logs a refused request; its reply value.
+    #[cold]
+    fn refuse(&self, request: u32, e: &RequestError) -> i64 {
+        let errno = e.errno();
+        let n = self.metrics.refuse(e.reason());
+        if n == 1 {
+            log::warn!("{}: refused request {request}: {e} (-{errno}); later ones of this kind are logged at debug level", self.name);
+        } else {
+            log::debug!(
+                "{}: refused request {request}: {e} (-{errno}), {n} so far",
+                self.name
+            );
+        }
+        -i64::from(errno)
     }
 
     fn send_all(&self, bytes: &[u8]) -> Result<()> {

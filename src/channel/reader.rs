@@ -195,10 +195,11 @@ impl Reader {
 
     /// The header at `start`, when all of it is buffered.
     fn header(&self) -> Option<RawHeader> {
-        let bytes = self.buf.get(self.start..self.start + HEADER_SIZE)?;
+        // Most often nothing is buffered: that answer takes no slicing.
         if self.buffered() < HEADER_SIZE {
             return None;
         }
+        let bytes = self.buf.get(self.start..self.start + HEADER_SIZE)?;
         Some(RawHeader::from_slice(bytes).copied().unwrap_or_default())
     }
 
@@ -235,29 +236,13 @@ impl Reader {
     /// Frames the next message out of the buffer, if it is there. Bytes of a drained body are
     /// discarded as they come.
     fn frame(&mut self) -> Option<Message> {
-        if let Some((raw, left)) = self.drain {
-            let n = left.min(self.buffered());
-            self.consume(n);
-            let left = left - n;
-            if left > 0 {
-                self.drain = Some((raw, left));
-                return None;
-            }
-            self.drain = None;
-            let fds = self.take_fds(self.drain_end);
-            return Some(Message {
-                raw,
-                body: 0..0,
-                fds,
-            });
+        if self.drain.is_some() {
+            return self.frame_drained();
         }
         let raw = self.header()?;
         let size = raw.size as usize;
         if size > MAX_BODY_SIZE {
-            self.consume(HEADER_SIZE);
-            self.drain = Some((raw, size));
-            self.drain_end = self.pos + size as u64;
-            return self.frame();
+            return self.start_drain(raw);
         }
         let len = HEADER_SIZE + size;
         if self.buffered() < len {
@@ -272,6 +257,49 @@ impl Reader {
             body: body_at..body_at + size,
             fds,
         })
+    }
+
+    /// Starts draining the oversized message whose header is at `start`.
+    #[cold]
+    fn start_drain(&mut self, raw: RawHeader) -> Option<Message> {
+        let size = raw.size as usize;
+        self.consume(HEADER_SIZE);
+        self.drain = Some((raw, size));
+        self.drain_end = self.pos + size as u64;
+        self.frame_drained()
+    }
+
+    /// [`Reader::frame`] while a message is drained: its body's bytes are discarded, and the
+    /// message is given (with no body) once they all came.
+    #[cold]
+    fn frame_drained(&mut self) -> Option<Message> {
+        let (raw, left) = self.drain?;
+        let n = left.min(self.buffered());
+        self.consume(n);
+        let left = left - n;
+        if left > 0 {
+            self.drain = Some((raw, left));
+            return None;
+        }
+        self.drain = None;
+        let fds = self.take_fds(self.drain_end);
+        Some(Message {
+            raw,
+            body: 0..0,
+            fds,
+        })
+    }
+
+    /// The error for the end of the stream: a disconnection between two messages, a truncation
+    /// within one.
+    #[cold]
+    fn end_of_stream(&self) -> Error {
+        if self.idle() {
+            Error::Disconnected
+        } else {
+            let (got, expected) = self.progress();
+            Error::Truncated { got, expected }
+        }
     }
 
     /// Where the message in progress stands, for [`Error::Truncated`]: bytes received of its
@@ -411,12 +439,7 @@ impl BackendChannel {
                 Recv::WouldBlock => return Ok(None),
                 Recv::Bytes(0) => {
                     drop(fds);
-                    return Err(if r.idle() {
-                        Error::Disconnected
-                    } else {
-                        let (got, expected) = r.progress();
-                        Error::Truncated { got, expected }
-                    });
+                    return Err(r.end_of_stream());
                 }
                 Recv::Bytes(n) => n,
             };
