@@ -619,7 +619,7 @@ impl DaxWindow {
                 e.access,
             );
             if let Err(source) = res {
-                return Err(self.roll_back(&mut inner, &entries[..=done], source));
+                return Err(self.roll_back(&mut inner, e, &entries[..done], source));
             }
             if done < 64 && free_entries >> done & 1 != 0 {
                 inner.table.insert_free(e.offset, e.len, e.access);
@@ -632,12 +632,18 @@ impl DaxWindow {
         Ok(())
     }
 
-    /// After `entries`' last failed to map: the failed entry's range may be anything now, so the
-    /// reservation is put back over it, and over the entries mapped before it too.
+    /// After `failed` failed to map: its range may be anything now, so the reservation is put
+    /// back over it, and over the entries `mapped` before it too.
     // Out of line, so that the code of a map that succeeds lies in fewer cache lines.
     #[cold]
-    fn roll_back(&self, inner: &mut Inner, entries: &[MapEntry], source: io::Error) -> Error {
-        for r in entries.iter().rev() {
+    fn roll_back(
+        &self,
+        inner: &mut Inner,
+        failed: &MapEntry,
+        mapped: &[MapEntry],
+        source: io::Error,
+    ) -> Error {
+        for r in std::iter::once(failed).chain(mapped.iter().rev()) {
             if let Err(err) = inner.clear(r.offset, r.len) {
                 log::warn!(
                     "dax window: rollback of {:#x}+{:#x}: {err}",
@@ -648,10 +654,9 @@ impl DaxWindow {
             inner.table.remove(r.offset, r.len);
         }
         self.update_gauges(inner);
-        let failed = entries.last().map_or((0, 0), |e| (e.offset, e.len));
         Error::Map {
-            offset: failed.0,
-            len: failed.1,
+            offset: failed.offset,
+            len: failed.len,
             source,
         }
     }
